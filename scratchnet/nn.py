@@ -354,6 +354,13 @@ class CrossEntropyLoss(Module):
         return "CrossEntropyLoss()"
 
     def forward(self, logits, labels):
+        """The mean loss as a Python float."""
+        return float(self.forward_array(logits, labels))
+
+    __call__ = forward
+
+    def forward_array(self, logits, labels):
+        """The mean loss as a 0-d array on the logits' backend: no device-to-host copy."""
         self.backend = _backend_of(logits, self.backend)
         self._check_input(logits, 2, "of logits (N, classes)")
         self.backend.check_array(labels, f"{self!r} labels")
@@ -371,8 +378,6 @@ class CrossEntropyLoss(Module):
         loss, self._probs = self.backend.cross_entropy_forward(logits, labels)
         self._labels = labels
         return loss
-
-    __call__ = forward
 
     def backward(self, grad_out=None):
         """d loss / d logits (the loss being a scalar, no incoming gradient is needed)."""

@@ -280,7 +280,7 @@ class NumbaBackend(NumpyBackend):
     def cross_entropy_forward(self, logits, labels):
         probs = np.empty_like(logits)
         loss = _cross_entropy_forward(np.ascontiguousarray(logits), np.asarray(labels, dtype=np.int64), probs)
-        return float(loss), probs
+        return np.asarray(loss, dtype=logits.dtype), probs
 
     def cross_entropy_backward(self, probs, labels):
         grad = np.empty_like(probs)

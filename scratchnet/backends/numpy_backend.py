@@ -131,12 +131,15 @@ class NumpyBackend:
     # ---- loss --------------------------------------------------------------------
 
     def cross_entropy_forward(self, logits, labels):
-        """Mean softmax cross-entropy. Return (loss as a Python float, probabilities)."""
+        """Mean softmax cross-entropy. Return (loss as a 0-d array on this backend, probabilities).
+
+        The loss stays an array so a GPU backend need not synchronize every step.
+        """
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_sum_exp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         log_probs = shifted - log_sum_exp
         loss = -log_probs[np.arange(len(labels)), labels].mean()
-        return float(loss), np.exp(log_probs)
+        return np.asarray(loss), np.exp(log_probs)
 
     def cross_entropy_backward(self, probs, labels):
         grad = probs.copy()
