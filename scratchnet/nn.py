@@ -104,12 +104,8 @@ class Module:
 
     def to(self, target):
         """Move to a backend (``"numpy"``, ``"numba"``, ``"cupy"``) or cast to a float dtype."""
-        if isinstance(target, str) and target in backends.names():
-            backend, dtype = backends.get(target), None
-        else:
-            backend, dtype = None, np.dtype(target)
-            if dtype.kind != "f":
-                raise ValueError(f"{type(self).__name__}.to: expected a backend name or a float dtype, got {target!r}")
+        dtype = _float_dtype(target)
+        backend = backends.get(target) if dtype is None else None
         for module in self.modules():
             source = module.backend
             if backend is not None:
@@ -160,6 +156,17 @@ class Module:
         if value is None:
             raise RuntimeError(f"{self!r}.backward called before forward")
         return value
+
+
+def _float_dtype(target):
+    """``target`` as a float dtype, or None when it names no dtype (then it is a backend name)."""
+    try:
+        dtype = np.dtype(target)
+    except TypeError:
+        return None
+    if dtype.kind != "f":
+        raise ValueError(f"Module.to: expected a backend name or a float dtype, got {target!r}")
+    return dtype
 
 
 def _pair(value, what):
