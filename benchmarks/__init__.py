@@ -1,0 +1,1 @@
+"""Benchmarks: scratchnet against PyTorch, on CPU and GPU."""

@@ -1,0 +1,217 @@
+"""GPU benchmark: scratchnet's cupy backend against PyTorch CUDA eager, training-step images/s.
+
+    python -m benchmarks.gpu --json benchmarks/results/gpu_<card>.json
+
+For each width (1, 4, 8: the tutorial's "make it wider" exercise) and batch
+(4, 128, 512) both frameworks train the tutorial Net with SGD(lr=0.001,
+momentum=0.9) on batches already resident on the GPU; the two are measured in
+alternation, and each figure is the median over the repeats. PyTorch runs with
+its defaults (cuDNN, TF32 convolutions allowed), which the JSON records. Then
+the headline command ``python -m scratchnet.train --backend cupy`` runs once,
+timed end to end, and its output is kept.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from scratchnet import backends, nn, optim
+from scratchnet.models import Net
+
+WIDTHS = (1, 4, 8)
+BATCHES = (4, 128, 512)
+# Timed steps per repeat: enough that one repeat lasts well past timer resolution.
+STEPS = {4: 200, 128: 50, 512: 20}
+WARMUP_STEPS = 5
+DISTINCT_BATCHES = 8
+
+
+def _batches(batch, seed):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, size=(DISTINCT_BATCHES, batch, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, size=(DISTINCT_BATCHES, batch))
+    return images, labels
+
+
+class ScratchnetCupy:
+    name = "scratchnet-cupy"
+
+    def __init__(self, width, batch):
+        import cupy
+
+        self.cupy = cupy
+        gpu = backends.get("cupy")
+        self.net = Net(width=width, seed=0).to("cupy")
+        self.optimizer = optim.SGD(self.net.parameters(), lr=0.001, momentum=0.9)
+        self.criterion = nn.CrossEntropyLoss()
+        images, labels = _batches(batch, seed=width)
+        self.data = [(gpu.asarray(x), gpu.asarray(y)) for x, y in zip(images, labels)]
+
+    def run(self, steps):
+        for step in range(steps):
+            images, labels = self.data[step % DISTINCT_BATCHES]
+            self.optimizer.zero_grad()
+            self.criterion.forward_array(self.net(images), labels)  # the loss stays on the GPU
+            self.net.backward(self.criterion.backward())
+            self.optimizer.step()
+
+    def synchronize(self):
+        self.cupy.cuda.Device().synchronize()
+
+
+def _torch_tutorial_net(torch, width):
+    """The tutorial's Net with both conv channel counts times ``width``, as the same torch ops."""
+    c1, c2 = 6 * width, 16 * width
+    layers = torch.nn
+    return layers.Sequential(
+        layers.Conv2d(3, c1, 5), layers.ReLU(), layers.MaxPool2d(2, 2),
+        layers.Conv2d(c1, c2, 5), layers.ReLU(), layers.MaxPool2d(2, 2),
+        layers.Flatten(),
+        layers.Linear(c2 * 5 * 5, 120), layers.ReLU(),
+        layers.Linear(120, 84), layers.ReLU(),
+        layers.Linear(84, 10),
+    )
+
+
+class TorchCuda:
+    name = "torch-cuda-eager"
+
+    def __init__(self, width, batch):
+        import torch
+
+        self.torch = torch
+        torch.manual_seed(0)
+        self.net = _torch_tutorial_net(torch, width).cuda()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.001, momentum=0.9)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        images, labels = _batches(batch, seed=width)
+        self.data = [(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()) for x, y in zip(images, labels)]
+
+    def run(self, steps):
+        for step in range(steps):
+            images, labels = self.data[step % DISTINCT_BATCHES]
+            self.optimizer.zero_grad()
+            self.criterion(self.net(images), labels).backward()
+            self.optimizer.step()
+
+    def synchronize(self):
+        self.torch.cuda.synchronize()
+
+
+def _images_per_second(runner, steps, batch):
+    runner.synchronize()
+    start = time.perf_counter()
+    runner.run(steps)
+    runner.synchronize()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def measure_throughput(frameworks, repeats):
+    rows = []
+    for width in WIDTHS:
+        for batch in BATCHES:
+            runners = [framework(width, batch) for framework in frameworks]
+            for runner in runners:
+                runner.run(WARMUP_STEPS)
+            samples = {runner.name: [] for runner in runners}
+            for _ in range(repeats):  # alternate so drifting clocks hit both alike
+                for runner in runners:
+                    samples[runner.name].append(_images_per_second(runner, STEPS[batch], batch))
+            row = {"width": width, "batch": batch, "steps_per_repeat": STEPS[batch]}
+            for name, values in samples.items():
+                row[f"{name} images/s (median)"] = statistics.median(values)
+                row[f"{name} images/s (all)"] = values
+            if len(runners) == 2:
+                row["ratio scratchnet/torch"] = statistics.median(samples[runners[0].name]) / statistics.median(
+                    samples[runners[1].name])
+            print(json.dumps({k: v for k, v in row.items() if "(all)" not in k}), flush=True)
+            rows.append(row)
+            del runners
+    return rows
+
+
+def tutorial_run(timeout_s):
+    """The headline command, timed end to end (process start and data loading included)."""
+    command = [sys.executable, "-m", "scratchnet.train", "--backend", "cupy"]
+    if importlib.util.find_spec("scratchnet.train") is None:
+        return {"command": "python " + " ".join(command[1:]), "error": "scratchnet.train is not in this checkout"}
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"command": " ".join(command[1:]), "error": f"did not finish within {timeout_s} s"}
+    seconds = time.perf_counter() - start
+    output = result.stdout + result.stderr
+    accuracy = re.findall(r"accuracy[^0-9\n]*([0-9]+(?:\.[0-9]+)?)\s*%", output, flags=re.IGNORECASE)
+    return {
+        "command": "python " + " ".join(command[1:]),
+        "exit_status": result.returncode,
+        "wall_seconds": seconds,
+        "accuracy_percent": float(accuracy[-1]) if accuracy else None,
+        "output_tail": output[-3000:],
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="where to write the results")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-tutorial", action="store_true", help="only the throughput table")
+    parser.add_argument("--tutorial-timeout", type=int, default=300)
+    args = parser.parse_args(argv)
+
+    try:
+        backends.get("cupy")
+    except backends.BackendError as exc:
+        raise SystemExit(f"benchmarks.gpu needs a CUDA GPU with CuPy: {exc}") from None
+    import cupy
+
+    properties = cupy.cuda.runtime.getDeviceProperties(0)
+    card = properties["name"].decode() if isinstance(properties["name"], bytes) else str(properties["name"])
+    results = {
+        "card": card,
+        "multiprocessors": properties["multiProcessorCount"],
+        "cupy": cupy.__version__,
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "numpy": np.__version__,
+    }
+    frameworks = [ScratchnetCupy]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        frameworks.append(TorchCuda)
+        results["torch"] = torch.__version__
+        results["torch_settings"] = {
+            "cudnn.enabled": torch.backends.cudnn.enabled,
+            "cudnn.benchmark": torch.backends.cudnn.benchmark,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        }
+    else:
+        results["torch"] = "not available with CUDA here: scratchnet measured alone"
+    print(f"card: {card}", flush=True)
+    results["throughput"] = measure_throughput(frameworks, args.repeats)
+    if not args.skip_tutorial:
+        results["tutorial_2_epochs"] = tutorial_run(args.tutorial_timeout)
+        print(json.dumps({k: v for k, v in results["tutorial_2_epochs"].items() if k != "output_tail"}), flush=True)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    temporary = args.json + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(results, handle, indent=2)
+    os.replace(temporary, args.json)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

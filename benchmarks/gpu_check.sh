@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call that stays well inside 8 minutes:
+# the cupy tests (plus the shared op/optimizer/parity tests on cupy), then the GPU benchmark.
+#
+#   benchmarks/gpu_check.sh [RESULTS_DIR]      (default: benchmarks/results)
+#
+# Writes RESULTS_DIR/gpu_<card>.json and the logs gpu_check_*.log beside it. CuPy is
+# installed from local wheels (WHEELS_DIR, default ./wheels) only when it is missing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS_DIR="${1:-benchmarks/results}"
+mkdir -p "$RESULTS_DIR"
+export MPLBACKEND=Agg
+if [ -z "${SCRATCHNET_DATA:-}" ]; then
+    for candidate in shared/data/cifar-10-jpeg-derived ../shared/data/cifar-10-jpeg-derived; do
+        [ -d "$candidate/cifar-10-batches-py" ] && export SCRATCHNET_DATA="$(cd "$candidate" && pwd)" && break
+    done
+fi
+
+if ! python3 -c "import cupy" 2>/dev/null; then
+    WHEELS_DIR="${WHEELS_DIR:-wheels}"
+    echo "CuPy is missing: installing cupy-cuda13x from $WHEELS_DIR"
+    python3 -m pip install --quiet --no-index --find-links "$WHEELS_DIR" cupy-cuda13x || {
+        echo "could not install CuPy from $WHEELS_DIR"; exit 1; }
+fi
+
+card=$(python3 -c "
+import re, cupy
+name = cupy.cuda.runtime.getDeviceProperties(0)['name']
+name = name.decode() if isinstance(name, bytes) else name
+print(re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_'))") || { echo "no usable CUDA device"; exit 1; }
+echo "card: $card"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$RESULTS_DIR/gpu_check_device.log" 2>&1
+
+echo "== tests (cupy cases and the CUDA source compile check) =="
+timeout 240 python3 -m pytest -q -rs -p no:cacheprovider \
+    tests/test_cupy_backend.py tests/test_cuda_sources.py tests/test_ops.py tests/test_optim.py \
+    tests/test_bad_input.py tests/test_training_parity.py -k "cupy or cuda_source" \
+    2>&1 | tee "$RESULTS_DIR/gpu_check_pytest_${card}.log"
+tests_status=${PIPESTATUS[0]}
+
+echo "== benchmark =="
+timeout 200 python3 -m benchmarks.gpu --json "$RESULTS_DIR/gpu_${card}.json" --tutorial-timeout 120 \
+    2>&1 | tee "$RESULTS_DIR/gpu_check_benchmark_${card}.log"
+bench_status=${PIPESTATUS[0]}
+
+echo "tests exit status: $tests_status; benchmark exit status: $bench_status"
+[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

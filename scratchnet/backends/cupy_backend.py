@@ -1,0 +1,251 @@
+"""The GPU backend: the NumpyBackend interface on CuPy arrays, computed by our own CUDA kernels.
+
+The kernels live in ``cuda_sources`` (compiled by CuPy's NVRTC once per float
+type); dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
+never cross between host and device implicitly: ``asarray`` and ``to_numpy``
+are the only moves, and ``check_array`` refuses numpy arrays.
+
+Convolutions take one of two routes: small problems (batch 4 of the tutorial)
+run one direct kernel per op, as launch count is what costs there; large ones
+go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
+Both routes are deterministic: cuBLAS on one stream is, and our kernels never
+use atomics.
+"""
+
+import cupy as cp
+import numpy as np
+
+from scratchnet.backends import BackendError, cuda_sources
+
+_THREADS = 256
+# Enough blocks to fill any current GPU; grid-stride loops cover the rest.
+_MAX_BLOCKS = 65535
+
+
+class CupyBackend:
+    name = "cupy"
+    xp = cp
+
+    # Multiply-adds per conv op up to which the single-launch direct kernels are used.
+    direct_conv_max_macs = 1 << 24
+
+    def __init__(self):
+        self._modules = {}
+
+    # ---- arrays -----------------------------------------------------------------
+
+    def asarray(self, array, dtype=None):
+        """Copy a host (numpy) array to the GPU; a GPU array is only cast (if asked) and made contiguous."""
+        if isinstance(array, cp.ndarray):
+            return cp.ascontiguousarray(array, dtype=dtype)
+        if not isinstance(array, (np.ndarray, np.generic)):
+            raise TypeError(
+                f"input: the cupy backend moves numpy arrays to the GPU, got "
+                f"{type(array).__module__}.{type(array).__name__}"
+            )
+        return cp.asarray(np.ascontiguousarray(array, dtype=dtype))
+
+    def to_numpy(self, array):
+        """Copy a GPU array to the host."""
+        return cp.asnumpy(array)
+
+    def check_array(self, array, what):
+        """Refuse arrays that live on the host instead of copying them silently."""
+        if not isinstance(array, cp.ndarray):
+            raise TypeError(
+                f"{what}: the cupy backend takes cupy (GPU) arrays, got {type(array).__module__}."
+                f"{type(array).__name__}; move it with backend.asarray(...) or move the model with .to(...)"
+            )
+
+    # ---- kernels ----------------------------------------------------------------
+
+    def _kernel(self, dtype, name):
+        dtype = np.dtype(dtype)
+        if dtype not in self._modules:
+            module = cp.RawModule(code=cuda_sources.source_for(dtype), options=("-std=c++14",))
+            self._modules[dtype] = {kernel: module.get_function(kernel) for kernel in cuda_sources.KERNEL_NAMES}
+        return self._modules[dtype][name]
+
+    def _launch(self, dtype, name, total, args):
+        """One thread per element over ``total`` elements (grid-stride beyond the grid)."""
+        if total > 0:
+            blocks = min((total + _THREADS - 1) // _THREADS, _MAX_BLOCKS)
+            self._kernel(dtype, name)((blocks,), (_THREADS,), args)
+
+    def _launch_blocks(self, dtype, name, blocks, args):
+        """One block (of the kernels' fixed REDUCE_THREADS) per reduced element."""
+        if blocks > 0:
+            self._kernel(dtype, name)((blocks,), (cuda_sources.REDUCE_THREADS,), args)
+
+    # ---- conv2d ----------------------------------------------------------------
+
+    @staticmethod
+    def _conv_shapes(x, weight, stride, padding):
+        n, c, h, w = x.shape
+        out_c, _, kh, kw = weight.shape
+        out_h = (h + 2 * padding - kh) // stride + 1
+        out_w = (w + 2 * padding - kw) // stride + 1
+        return n, c, h, w, out_c, kh, kw, out_h, out_w
+
+    def _is_direct(self, n, c, out_c, kh, kw, out_h, out_w):
+        return n * out_c * out_h * out_w * c * kh * kw <= self.direct_conv_max_macs
+
+    def _im2col(self, x, kh, kw, out_h, out_w, stride, padding):
+        """(C*KH*KW + 1, N*OH*OW) receptive fields, with a last row of ones for the bias."""
+        n, c, h, w = x.shape
+        cols = cp.empty((c * kh * kw + 1, n * out_h * out_w), dtype=x.dtype)
+        self._launch(x.dtype, "im2col", cols.size, (
+            x, cols, *_ints(n, c, h, w, kh, kw, out_h, out_w, stride, padding)))
+        return cols
+
+    def conv2d_forward(self, x, weight, bias, stride, padding):
+        x, weight = cp.ascontiguousarray(x), cp.ascontiguousarray(weight)
+        n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
+        y = cp.empty((n, out_c, out_h, out_w), dtype=x.dtype)
+        # The kernels skip the bias when has_bias is 0; any valid pointer fills its slot.
+        bias_arg = weight if bias is None else cp.ascontiguousarray(bias)
+        has_bias = np.int32(bias is not None)
+        if self._is_direct(n, c, out_c, kh, kw, out_h, out_w):
+            self._launch(x.dtype, "conv2d_forward_direct", y.size, (
+                x, weight, bias_arg, y,
+                *_ints(n, c, h, w, out_c, kh, kw, out_h, out_w, stride, padding), has_bias))
+        else:
+            cols = self._im2col(x, kh, kw, out_h, out_w, stride, padding)
+            rows = cp.matmul(weight.reshape(out_c, -1), cols[:-1])
+            self._launch(x.dtype, "rows_to_nchw", y.size, (
+                rows, bias_arg, y, *_ints(n, out_c, out_h * out_w), has_bias))
+        return y
+
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True):
+        """Return (grad_x or None, grad_weight, grad_bias)."""
+        x, weight, grad_y = (cp.ascontiguousarray(a) for a in (x, weight, grad_y))
+        n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
+        sizes = _ints(n, c, h, w, out_c, kh, kw, out_h, out_w, stride, padding)
+        grad_x = cp.empty_like(x) if need_input_grad else None
+        if self._is_direct(n, c, out_c, kh, kw, out_h, out_w):
+            grad_weight = cp.empty_like(weight)
+            grad_bias = cp.empty(out_c, dtype=x.dtype)
+            self._launch_blocks(x.dtype, "conv2d_grad_params_direct", weight.size + out_c, (
+                x, grad_y, grad_weight, grad_bias, *sizes))
+            if need_input_grad:
+                self._launch(x.dtype, "conv2d_grad_input_direct", grad_x.size, (grad_y, weight, grad_x, *sizes))
+            return grad_x, grad_weight, grad_bias
+
+        cols = self._im2col(x, kh, kw, out_h, out_w, stride, padding)
+        rows = cp.empty((out_c, n * out_h * out_w), dtype=x.dtype)
+        self._launch(x.dtype, "nchw_to_rows", rows.size, (grad_y, rows, *_ints(n, out_c, out_h * out_w)))
+        # The ones row of cols makes the last column the bias gradient.
+        grad_params = cp.matmul(rows, cols.T)
+        grad_weight = cp.ascontiguousarray(grad_params[:, :-1]).reshape(weight.shape)
+        grad_bias = cp.ascontiguousarray(grad_params[:, -1])
+        if need_input_grad:
+            grad_cols = cp.matmul(weight.reshape(out_c, -1).T, rows)
+            self._launch(x.dtype, "col2im", grad_x.size, (
+                grad_cols, grad_x, *_ints(n, c, h, w, kh, kw, out_h, out_w, stride, padding)))
+        return grad_x, grad_weight, grad_bias
+
+    # ---- max-pool --------------------------------------------------------------
+
+    def max_pool2d_forward(self, x, kernel, stride):
+        """Return (y, indices); ties go to the first element in scan order, as in torch."""
+        x = cp.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        out_h = (h - kernel) // stride + 1
+        out_w = (w - kernel) // stride + 1
+        y = cp.empty((n, c, out_h, out_w), dtype=x.dtype)
+        indices = cp.empty(y.shape, dtype=cp.int64)
+        self._launch(x.dtype, "max_pool2d_forward", y.size, (
+            x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel, stride)))
+        return y, indices
+
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+        """Each input pixel gathers from the windows (of this geometry) that contain it."""
+        grad_y, indices = cp.ascontiguousarray(grad_y), cp.ascontiguousarray(indices)
+        n, c, h, w = x_shape
+        _, _, out_h, out_w = grad_y.shape
+        grad_x = cp.empty(x_shape, dtype=grad_y.dtype)
+        self._launch(grad_y.dtype, "max_pool2d_backward", grad_x.size, (
+            grad_y, indices, grad_x, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel, stride)))
+        return grad_x
+
+    # ---- element-wise and dense ----------------------------------------------------
+
+    def relu_forward(self, x):
+        x = cp.ascontiguousarray(x)
+        y = cp.empty_like(x)
+        self._launch(x.dtype, "relu_forward", x.size, (x, y, np.int64(x.size)))
+        return y
+
+    def relu_backward(self, grad_y, y):
+        grad_y, y = cp.ascontiguousarray(grad_y), cp.ascontiguousarray(y)
+        grad_x = cp.empty_like(grad_y)
+        self._launch(y.dtype, "relu_backward", y.size, (grad_y, y, grad_x, np.int64(y.size)))
+        return grad_x
+
+    def linear_forward(self, x, weight, bias):
+        y = cp.matmul(x, weight.T)
+        if bias is not None:
+            bias = cp.ascontiguousarray(bias)
+            self._launch(y.dtype, "add_bias_rows", y.size, (y, bias, np.int64(y.size), np.int32(bias.size)))
+        return y
+
+    def linear_backward(self, x, weight, grad_y, need_input_grad=True):
+        grad_y = cp.ascontiguousarray(grad_y)
+        rows, features = grad_y.shape
+        grad_x = cp.matmul(grad_y, weight) if need_input_grad else None
+        grad_bias = cp.empty(features, dtype=grad_y.dtype)
+        self._launch_blocks(grad_y.dtype, "reduce_sum", features, (
+            grad_y, grad_bias, np.int64(rows), np.int64(features), np.int64(1)))
+        return grad_x, cp.matmul(grad_y.T, x), grad_bias
+
+    # ---- loss --------------------------------------------------------------------
+
+    def cross_entropy_forward(self, logits, labels):
+        """Mean softmax cross-entropy. Return (loss as a 0-d GPU array, probabilities); no synchronization."""
+        logits = cp.ascontiguousarray(logits)
+        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
+        n, classes = logits.shape
+        probs = cp.empty_like(logits)
+        row_loss = cp.empty(n, dtype=logits.dtype)
+        loss = cp.empty((), dtype=logits.dtype)
+        self._kernel(logits.dtype, "cross_entropy_forward")((1,), (cuda_sources.LOSS_THREADS,), (
+            logits, labels, probs, row_loss, loss, *_ints(n, classes)))
+        return loss, probs
+
+    def cross_entropy_backward(self, probs, labels):
+        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
+        n, classes = probs.shape
+        grad = cp.empty_like(probs)
+        self._launch(probs.dtype, "cross_entropy_backward", grad.size, (probs, labels, grad, *_ints(n, classes)))
+        return grad
+
+    # ---- optimizer -----------------------------------------------------------------
+
+    def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+        """One torch.optim.SGD update, in place on ``param`` and ``buf`` (contiguous GPU arrays).
+
+        ``first`` says the momentum buffer is fresh: torch then copies the gradient
+        into it instead of applying dampening.
+        """
+        for array, what in ((param, "param"), (grad, "grad"), (buf, "momentum buffer")):
+            if not array.flags.c_contiguous:
+                raise ValueError(f"sgd_step updates in place and needs a contiguous {what}")
+        real = param.dtype.type
+        self._launch(param.dtype, "sgd_step", param.size, (
+            param, grad, buf, np.int64(param.size), real(lr), real(momentum), real(1 - dampening),
+            real(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))
+
+
+def _ints(*values):
+    """Kernel arguments declared ``int``."""
+    return tuple(np.int32(v) for v in values)
+
+
+def create():
+    try:
+        devices = cp.cuda.runtime.getDeviceCount()
+    except (RuntimeError, OSError) as exc:
+        raise BackendError(f"CuPy is installed but CUDA is not usable here ({exc})") from None
+    if devices == 0:
+        raise BackendError("CuPy is installed but this machine has no CUDA device")
+    return CupyBackend()

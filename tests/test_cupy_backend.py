@@ -1,0 +1,140 @@
+"""What only the cupy backend has: device boundaries, two conv routes, determinism, parity with torch on the GPU.
+
+The shared op, optimizer and parity tests run on cupy through the ``backend``
+fixture; these add the GPU-specific checks. Without a GPU they skip, except the
+one that checks the registry's message for exactly that situation.
+"""
+
+import numpy as np
+import pytest
+
+from harness import relative_error
+from scratchnet import backends, nn, optim
+from scratchnet.models import Net
+
+
+def _cupy_or_reason():
+    try:
+        return backends.get("cupy"), None
+    except backends.BackendError as exc:
+        return None, str(exc)
+
+
+@pytest.fixture
+def gpu():
+    backend, reason = _cupy_or_reason()
+    if backend is None:
+        pytest.skip(f"needs CuPy and a CUDA GPU: {reason}")
+    return backend
+
+
+def test_missing_gpu_is_a_clear_backend_error():
+    backend, _ = _cupy_or_reason()
+    if backend is not None:
+        pytest.skip("CuPy and a GPU are present here, so the cupy backend loads")
+    with pytest.raises(backends.BackendError, match=r"backend 'cupy' is not available: .*(cupy|CUDA).*available here"):
+        backends.get("cupy")
+    with pytest.raises(backends.BackendError, match="cupy"):
+        Net(seed=0).to("cupy")
+    assert "cupy" not in backends.available()
+
+
+def test_host_and_device_arrays_never_mix(gpu):
+    images = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"cupy backend takes cupy \(GPU\) arrays, got numpy.ndarray"):
+        Net(seed=0).to("cupy")(images)
+    with pytest.raises(TypeError, match=r"numpy backend takes numpy arrays, got cupy"):
+        Net(seed=0)(gpu.asarray(images))
+    with pytest.raises(TypeError, match="cupy backend takes cupy"):
+        nn.CrossEntropyLoss()(gpu.asarray(np.zeros((2, 10), dtype=np.float32)), np.array([0, 1]))
+
+
+def test_loss_stays_on_the_device(gpu):
+    logits = gpu.asarray(np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32))
+    loss = nn.CrossEntropyLoss().forward_array(logits, gpu.asarray(np.array([0, 1, 2, 3])))
+    assert isinstance(loss, gpu.xp.ndarray) and loss.shape == ()
+
+
+def _conv_case(rng):
+    n, c, o = (int(v) for v in rng.integers(1, 7, size=3))
+    kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+    stride, padding = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    h, w = (int(v) for v in rng.integers(max(kh, kw), 20, size=2))
+    return n, c, o, h, w, kh, kw, stride, padding
+
+
+@pytest.mark.parametrize("route", ["direct", "im2col_gemm"])
+def test_both_conv_routes_match_numpy_in_float64(gpu, route, monkeypatch):
+    monkeypatch.setattr(gpu, "direct_conv_max_macs", 1 << 62 if route == "direct" else 0)
+    reference = backends.get("numpy")
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        n, c, o, h, w, kh, kw, stride, padding = _conv_case(rng)
+        x, weight = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw))
+        bias = rng.standard_normal(o)
+        want_y = reference.conv2d_forward(x, weight, bias, stride, padding)
+        grad_y = rng.standard_normal(want_y.shape)
+        want = reference.conv2d_backward(x, weight, grad_y, stride, padding)
+        y = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(bias), stride, padding)
+        got = gpu.conv2d_backward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(grad_y), stride, padding)
+        for label, ours, theirs in [("forward", y, want_y)] + list(zip(("grad x", "grad w", "grad b"), got, want)):
+            error = relative_error(gpu.to_numpy(ours), theirs)
+            assert error <= 1e-10, f"{route} {label} for {(n, c, o, h, w, kh, kw, stride, padding)}: {error:.2e}"
+
+
+def _one_training_step_gradients(gpu, width, batch):
+    net = Net(width=width, seed=3).to("cupy")
+    rng = np.random.default_rng(4)
+    images = gpu.asarray(rng.uniform(-1, 1, size=(batch, 3, 32, 32)).astype(np.float32))
+    labels = gpu.asarray(rng.integers(0, 10, size=batch))
+    criterion = nn.CrossEntropyLoss()
+    criterion.forward_array(net(images), labels)
+    net.backward(criterion.backward())
+    return {name: gpu.to_numpy(p.grad) for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("width,batch", [(1, 4), (4, 128)])
+def test_backward_is_bit_for_bit_repeatable(gpu, width, batch):
+    first = _one_training_step_gradients(gpu, width, batch)
+    second = _one_training_step_gradients(gpu, width, batch)
+    for name in first:
+        assert np.array_equal(first[name], second[name]), f"{name} gradient differs between identical runs"
+
+
+def test_training_matches_torch_on_the_gpu(gpu):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    from reference.tutorial import Net as TorchNet
+
+    # Full-precision float32 on both sides: torch's convolutions would otherwise use TF32.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        torch_net = TorchNet().cuda()
+        net = Net(seed=1).to("cupy")
+        net.load_state_dict({k: v.cpu().numpy() for k, v in torch_net.state_dict().items()})
+        torch_opt = torch.optim.SGD(torch_net.parameters(), lr=0.001, momentum=0.9)
+        opt = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+        torch_criterion, criterion = torch.nn.CrossEntropyLoss(), nn.CrossEntropyLoss()
+        rng = np.random.default_rng(0)
+        worst = 0.0
+        for _ in range(300):
+            images = rng.uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32)
+            labels = rng.integers(0, 10, size=4)
+            torch_opt.zero_grad()
+            torch_loss = torch_criterion(torch_net(torch.from_numpy(images).cuda()), torch.from_numpy(labels).cuda())
+            torch_loss.backward()
+            torch_opt.step()
+            opt.zero_grad()
+            loss = criterion(net(gpu.asarray(images)), gpu.asarray(labels))
+            net.backward(criterion.backward())
+            opt.step()
+            worst = max(worst, relative_error(loss, torch_loss.item()))
+        assert worst <= 1e-5
+        ours = net.state_dict()
+        for name, value in torch_net.state_dict().items():
+            assert relative_error(ours[name], value.cpu().numpy()) <= 1e-4, name
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
