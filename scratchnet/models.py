@@ -26,9 +26,10 @@ class Net(nn.Module):
         # The input needs no gradient, so conv1 skips that work (as torch does).
         self.conv1.need_input_grad = False
         # The tutorial reuses one pool; ours are two so each keeps its own argmax for backward.
+        # conv -> ReLU -> pool runs as one fused layer (same results, fewer passes).
         self.layers = [
-            self.conv1, nn.ReLU(), nn.MaxPool2d(2, 2),
-            self.conv2, nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2dReLUMaxPool2d(self.conv1, nn.MaxPool2d(2, 2)),
+            nn.Conv2dReLUMaxPool2d(self.conv2, nn.MaxPool2d(2, 2)),
             nn.Flatten(),
             self.fc1, nn.ReLU(),
             self.fc2, nn.ReLU(),
@@ -40,7 +41,8 @@ class Net(nn.Module):
 
     def modules(self):
         yield self
-        yield from self.layers
+        for layer in self.layers:
+            yield from layer.modules()
 
     def forward(self, x):
         for layer in self.layers:

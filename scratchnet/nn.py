@@ -207,6 +207,14 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding})")
 
     def forward(self, x):
+        self._check_conv_input(x)
+        self._x = x
+        bias = self.bias.data if self.bias is not None else None
+        y = self.backend.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        self._y_shape = y.shape
+        return y
+
+    def _check_conv_input(self, x):
         self._check_input(x, 4, "(N, C, H, W)")
         n, c, h, w = x.shape
         kh, kw = self.kernel_size
@@ -217,11 +225,6 @@ class Conv2d(Module):
                 f"{self!r}: input of shape {tuple(x.shape)} (padded to {h + 2 * self.padding}x"
                 f"{w + 2 * self.padding}) is smaller than the kernel {kh}x{kw}"
             )
-        self._x = x
-        bias = self.bias.data if self.bias is not None else None
-        y = self.backend.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
-        self._y_shape = y.shape
-        return y
 
     def backward(self, grad_out):
         x = self._saved("_x")
@@ -292,7 +295,46 @@ class MaxPool2d(Module):
     def backward(self, grad_out):
         indices = self._saved("_indices")
         grad_out = self._grad_out(grad_out, indices.shape)
-        return self.backend.max_pool2d_backward(grad_out, indices, self._x_shape)
+        return self.backend.max_pool2d_backward(grad_out, indices, self._x_shape, self.kernel_size, self.stride)
+
+
+class Conv2dReLUMaxPool2d(Module):
+    """``pool(relu(conv(x)))`` as one layer: one fused backend call each way instead of three.
+
+    It wraps existing ``conv`` and ``pool`` layers, so parameters keep the conv's
+    names and the results equal running the three layers in sequence.
+    """
+
+    def __init__(self, conv, pool):
+        super().__init__()
+        self.conv, self.pool = conv, pool
+
+    def __repr__(self):
+        return f"Conv2dReLUMaxPool2d({self.conv!r}, {self.pool!r})"
+
+    def forward(self, x):
+        conv, pool = self.conv, self.pool
+        conv._check_conv_input(x)
+        out_hw = [(size + 2 * conv.padding - k) // conv.stride + 1 for size, k in zip(x.shape[2:], conv.kernel_size)]
+        if min(out_hw) < pool.kernel_size:
+            raise ValueError(f"{pool!r}: input of shape {(x.shape[0], conv.out_channels, *out_hw)} is smaller than the kernel")
+        self._x = x
+        bias = conv.bias.data if conv.bias is not None else None
+        y, self._saved_for_backward = self.backend.conv2d_relu_max_pool2d_forward(
+            x, conv.weight.data, bias, conv.stride, conv.padding, pool.kernel_size, pool.stride)
+        self._y_shape = y.shape
+        return y
+
+    def backward(self, grad_out):
+        x, conv, pool = self._saved("_x"), self.conv, self.pool
+        grad_out = self._grad_out(grad_out, self._y_shape)
+        grad_x, grad_w, grad_b = self.backend.conv2d_relu_max_pool2d_backward(
+            x, conv.weight.data, self._saved_for_backward, grad_out, conv.stride, conv.padding,
+            pool.kernel_size, pool.stride, conv.need_input_grad)
+        conv.weight.grad += grad_w
+        if conv.bias is not None:
+            conv.bias.grad += grad_b
+        return grad_x
 
 
 class ReLU(Module):

@@ -102,13 +102,33 @@ class NumpyBackend:
         col = np.arange(out_w)[None, :] * stride + tap % kernel
         return y, (row * w + col).astype(np.int64)
 
-    def max_pool2d_backward(self, grad_y, indices, x_shape):
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+        """Route each output gradient to its argmax. ``kernel`` and ``stride`` serve
+        backends that gather per input pixel over the windows containing it; this one scatters."""
         n, c, h, w = x_shape
         grad_x = np.zeros((n * c, h * w), dtype=grad_y.dtype)
         planes = np.arange(n * c)[:, None]
         # add.at, not fancy assignment: overlapping windows may pick the same pixel.
         np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_y.reshape(n * c, -1))
         return grad_x.reshape(x_shape)
+
+    # ---- fused blocks ------------------------------------------------------------------
+    # Composed from the primitives above, so every backend has them; a backend may
+    # override them with one fused kernel. ``saved`` is backend-private.
+
+    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
+        """max_pool2d(relu(conv2d(x))). Return (y, saved): ``saved`` is what the backward needs."""
+        relu_y = self.relu_forward(self.conv2d_forward(x, weight, bias, stride, padding))
+        y, indices = self.max_pool2d_forward(relu_y, pool_kernel, pool_stride)
+        return y, (relu_y, indices)
+
+    def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
+                                        need_input_grad=True):
+        """Return (grad_x or None, grad_weight, grad_bias), as ``conv2d_backward``."""
+        relu_y, indices = saved
+        grad_relu = self.max_pool2d_backward(grad_y, indices, relu_y.shape, pool_kernel, pool_stride)
+        grad_conv = self.relu_backward(grad_relu, relu_y)
+        return self.conv2d_backward(x, weight, grad_conv, stride, padding, need_input_grad)
 
     # ---- element-wise and dense ----------------------------------------------------
 

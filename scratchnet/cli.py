@@ -1,0 +1,92 @@
+"""Command-line plumbing shared by the tutorial CLIs: the common flags, run folders, and errors as one line."""
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+
+import numpy as np
+
+DATA_ENV = "SCRATCHNET_DATA"  # where the data lives when --data is not given
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def add_data_arguments(parser):
+    parser.add_argument("--data", metavar="DIR", default=os.environ.get(DATA_ENV, "data"),
+                        help=f"folder holding cifar-10-batches-py or cifar-10-python.tar.gz "
+                             f"(default: ${DATA_ENV} or ./data)")
+    parser.add_argument("--download", action="store_true", help="download the official CIFAR-10 archive if missing")
+    parser.add_argument("--limit-test", type=positive_int, metavar="N", help="test on the first N test images only")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="mini-batch size (default 4)")
+
+
+def add_training_arguments(parser):
+    """The flags both tutorials share: data, schedule, seed, limits and output folder."""
+    add_data_arguments(parser)
+    parser.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set (default 2)")
+    parser.add_argument("--lr", type=non_negative_float, default=0.001, help="SGD learning rate (default 0.001)")
+    parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--seed", type=int, help="seed for initialization and shuffling (default: a fresh one, recorded)")
+    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N training images only")
+    parser.add_argument("--log-every", type=positive_int, default=2000, metavar="STEPS",
+                        help="print the mean loss every STEPS mini-batches (default 2000)")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run folder for weights, metrics.json and plots "
+                                                        "(default: a new folder under runs/)")
+
+
+def resolve_seed(seed):
+    """The given seed, or a fresh random one (so every run records the seed that reproduces it)."""
+    return seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+
+
+def run_folder(out, name):
+    """``out``, or ``runs/<name>-<timestamp>``; created if missing."""
+    folder = out or os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def config(args, **extra):
+    """The run's settings as recorded in metrics.json."""
+    keys = ("epochs", "batch_size", "lr", "momentum", "log_every", "limit_train", "limit_test")
+    return {**{key: getattr(args, key) for key in keys}, **extra}
+
+
+@contextlib.contextmanager
+def one_line_errors(prog, *expected):
+    """Turn the ``expected`` exception types into one ``prog: error: ...`` line on stderr and exit status 1."""
+    try:
+        yield
+    except expected as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

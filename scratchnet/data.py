@@ -1,0 +1,265 @@
+"""CIFAR-10 as the tutorial sees it: the official python batches, normalized to [-1, 1], NCHW float32.
+
+``CIFAR10`` reads ``root/cifar-10-batches-py`` (extracting ``root/cifar-10-python.tar.gz``
+first, or downloading it with ``download=True``) through the allow-list unpickler and
+holds a whole split as one array. ``DataLoader`` cuts it into mini-batches on any backend.
+"""
+
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+
+import numpy as np
+from tqdm import tqdm
+
+from scratchnet import backends, safe_pickle
+from scratchnet.files import atomic_open
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+ARCHIVE = "cifar-10-python.tar.gz"
+ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+# MD5s of the official release's files (as torchvision lists them): a local copy
+# that differs still loads, with a notice that it is not the official data.
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+IMAGES_PER_FILE = 10000
+IMAGE_SHAPE = (3, 32, 32)
+# The tutorial's own short class names, in label order.
+CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+_noticed_folders = set()
+
+
+class DataError(RuntimeError):
+    """The data is missing, damaged or unreachable; the message says what to do."""
+
+
+class CIFAR10:
+    """One CIFAR-10 split as ``data`` (N, 3, 32, 32) float32 in [-1, 1] and ``targets`` (N,) int64.
+
+    Normalization is the tutorial's ToTensor (pixel / 255) then Normalize(0.5, 0.5),
+    computed in float32 as torchvision does. ``limit`` keeps the first ``limit``
+    images (reading only the batch files they live in).
+    """
+
+    classes = CLASSES
+
+    def __init__(self, root, train=True, download=False, limit=None):
+        self.root, self.train = os.fspath(root), train
+        images, self.targets = read_split(self.root, train, download, limit)
+        self.data = normalize(images)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __repr__(self):
+        return f"CIFAR10(root={self.root!r}, train={self.train}, images={len(self)})"
+
+
+def normalize(images):
+    """uint8 pixels -> float32 (pixel / 255 - 0.5) / 0.5, as ToTensor + Normalize((0.5,)*3, (0.5,)*3)."""
+    data = images.astype(np.float32)
+    data /= np.float32(255)
+    data -= np.float32(0.5)
+    data /= np.float32(0.5)
+    return data
+
+
+def read_split(root, train=True, download=False, limit=None):
+    """The raw split: uint8 images (N, 3, 32, 32) and int64 labels (N,), the first ``limit`` if given."""
+    if limit is not None and limit <= 0:
+        raise ValueError(f"CIFAR10: limit must be a positive number of images, got {limit}")
+    folder = locate(root, download)
+    images, labels, read = [], [], []
+    for name in TRAIN_FILES if train else TEST_FILES:
+        batch_images, batch_labels = read_batch(os.path.join(folder, name))
+        images.append(batch_images)
+        labels.append(batch_labels)
+        read.append(name)
+        if limit is not None and sum(map(len, labels)) >= limit:
+            break  # the files after this one hold no image within the limit
+    _notice_if_unofficial(folder, read)
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    return images[:limit], labels[:limit]
+
+
+def locate(root, download=False):
+    """The ``cifar-10-batches-py`` folder under ``root``: extracted from the archive or downloaded if need be."""
+    folder = os.path.join(root, FOLDER)
+    if _has_batches(folder):
+        return folder
+    archive = os.path.join(root, ARCHIVE)
+    if not os.path.isfile(archive):
+        if not download:
+            raise DataError(
+                f"CIFAR-10 not found: expected {folder}{os.sep} (the official python version) or {archive}; "
+                f"put the data there, point --data at the folder that holds {FOLDER}, or pass --download"
+            )
+        fetch(archive)
+    extract(archive, root)
+    if not _has_batches(folder):
+        raise DataError(f"{archive} holds no complete {FOLDER}{os.sep} folder; delete it and pass --download")
+    return folder
+
+
+def _has_batches(folder):
+    return all(os.path.isfile(os.path.join(folder, name)) for name in TRAIN_FILES + TEST_FILES)
+
+
+def read_batch(path):
+    """One batch file -> (uint8 images (n, 3, 32, 32), int64 labels (n,)); a clear error naming the file otherwise."""
+    try:
+        with open(path, "rb") as file:
+            batch = safe_pickle.load(file, safe_pickle.NUMPY_ARRAYS, what=path)
+    except safe_pickle.UnsafePickleError as exc:
+        raise DataError(str(exc)) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # any damage to the stream surfaces as one of many exception types
+        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); re-extract or re-download it") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, not a dict")
+    batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    images, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 \
+            or images.shape[1] != np.prod(IMAGE_SHAPE):
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"{path} is not a CIFAR-10 batch: 'data' must be a uint8 (n, 3072) array, got {got}")
+    if not isinstance(labels, list) or len(labels) != len(images):
+        raise DataError(f"{path} is not a CIFAR-10 batch: 'labels' must be a list of {len(images)} class indices")
+    labels = np.asarray(labels)
+    if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(CLASSES)):
+        raise DataError(f"{path} is not a CIFAR-10 batch: labels must be integers in 0..{len(CLASSES) - 1}")
+    return images.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def _notice_if_unofficial(folder, files):
+    """Say once per folder when its files are not the official release (they still load)."""
+    if folder in _noticed_folders:
+        return
+    _noticed_folders.add(folder)
+    differing = [name for name in files if md5sum(os.path.join(folder, name)) != OFFICIAL_MD5[name]]
+    if differing:
+        print(
+            f"note: {folder} is not the official CIFAR-10 release (the MD5 sum of {differing[0]} differs); "
+            f"using it as is, so accuracies may differ slightly from published ones",
+            file=sys.stderr,
+        )
+
+
+def md5sum(path, chunk=1 << 20):
+    digest = hashlib.md5()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- download and extraction ----------------------------------------------------------------
+
+
+def fetch(archive, url=URL, md5=ARCHIVE_MD5):
+    """Download ``url`` to ``archive`` with a progress bar; verify its MD5, then move it into place atomically."""
+    digest = hashlib.md5()
+    try:
+        with atomic_open(archive) as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(archive)) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            got = digest.hexdigest()
+            if got != md5:  # raising here discards the partial file
+                raise DataError(f"downloaded {url} but its MD5 is {got}, expected {md5}; try again")
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(
+            f"could not download {url} ({getattr(exc, 'reason', exc)}); download it by hand and put it at {archive}, "
+            f"or point --data at a folder that holds {FOLDER}"
+        ) from None
+
+
+def extract(archive, root):
+    """Unpack the official archive into ``root``, refusing members that are not plain files inside ``FOLDER``."""
+    staging = tempfile.mkdtemp(prefix=".extract-", dir=root)
+    try:
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    if not _safe_member(member):
+                        raise DataError(f"{archive}: refused member {member.name!r} (not a plain file inside {FOLDER}/)")
+                # The "data" filter (Python >= 3.10.12) re-checks every member; the check above suffices without it.
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(staging, members=members, **safe)
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise DataError(f"{archive} is not a readable .tar.gz ({exc}); delete it and pass --download") from None
+        target = os.path.join(root, FOLDER)
+        if os.path.isdir(target):  # an incomplete earlier copy: replace it
+            os.rename(target, os.path.join(staging, "previous"))
+        os.replace(os.path.join(staging, FOLDER), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_member(member):
+    parts = member.name.replace("\\", "/").split("/")
+    inside = parts[0] == FOLDER and ".." not in parts and not os.path.isabs(member.name)
+    return inside and (member.isfile() or member.isdir())
+
+
+# ---- batching -----------------------------------------------------------------------------
+
+
+class DataLoader:
+    """Mini-batches ``(x, y)`` of a dataset on a backend, reshuffled every epoch.
+
+    The whole split moves to the backend once (``backend.asarray``), and batches
+    are gathered there with the backend's array module, so a GPU backend keeps
+    the data on the device. The shuffle order comes from a host numpy Generator
+    seeded with ``seed``: every backend sees the same batches in the same order.
+    The last partial batch is kept, as torch's DataLoader does by default.
+
+    The order is a documented contract, so another framework can replay it: with
+    ``shuffle``, epoch k visits ``np.random.default_rng(seed).permutation(n)`` drawn
+    for the k-th time from that one Generator; without it, the dataset order.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle=False, seed=None, backend=None):
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
+        if len(dataset) == 0:
+            raise ValueError("DataLoader: the dataset is empty")
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
+        self._rng = np.random.default_rng(seed)
+        self._data = self.backend.asarray(dataset.data)
+        self._targets = self.backend.asarray(dataset.targets)
+
+    def __len__(self):
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        n, size = len(self.dataset), self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, size):
+                yield self._data[start:start + size], self._targets[start:start + size]
+            return
+        order = self.backend.asarray(self._rng.permutation(n))
+        for start in range(0, n, size):
+            index = order[start:start + size]
+            yield self._data[index], self._targets[index]

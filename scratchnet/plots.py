@@ -1,0 +1,104 @@
+"""The run folder's PNG plots, drawn headless (matplotlib's object API: no pyplot, no display)."""
+
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from scratchnet.files import atomic_open
+
+GRID_IMAGES = 16  # test images in the labelled sample grid
+
+
+def save_all(run_dir, metrics, images, labels, predictions, classes):
+    """Draw a run's plots into ``run_dir`` and return their paths.
+
+    ``images`` are the first test images as the network saw them (normalized NCHW),
+    ``labels`` and ``predictions`` their classes; ``metrics`` is the run's record.
+    """
+    figures = {
+        "samples.png": sample_grid(images[:GRID_IMAGES], labels, predictions, classes),
+        "loss_curve.png": loss_curve(metrics),
+        "per_class_accuracy.png": per_class_accuracy(metrics),
+        "confusion_matrix.png": confusion_matrix(metrics, classes),
+    }
+    paths = []
+    for name, figure in figures.items():
+        path = os.path.join(run_dir, name)
+        with atomic_open(path) as file:
+            figure.savefig(file, format="png", dpi=100)
+        paths.append(path)
+    return paths
+
+
+def sample_grid(images, labels, predictions, classes):
+    """The tutorial's imshow: unnormalize (x / 2 + 0.5) and show each image with its true and predicted class."""
+    count = len(images)
+    columns = min(count, 8)
+    rows = -(-count // columns)
+    figure = Figure(figsize=(1.6 * columns, 2.2 * rows))
+    for index in range(count):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        picture = np.clip(np.transpose(images[index], (1, 2, 0)) / 2 + 0.5, 0, 1)
+        axes.imshow(picture, interpolation="nearest")
+        truth, guess = classes[labels[index]], classes[predictions[index]]
+        axes.set_title(f"{truth}\n→ {guess}", fontsize=8, color="black" if truth == guess else "red")
+        axes.axis("off")
+    figure.suptitle("Test images: true class → predicted", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def loss_curve(metrics):
+    """Training loss: the logged window means over mini-batches, and each epoch's mean."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    steps_per_epoch = metrics["data"]["train_images"] / metrics["config"]["batch_size"]
+    points = metrics["loss_curve"]
+    if points:
+        axes.plot([p["global_step"] for p in points], [p["loss"] for p in points], marker=".", label="window mean")
+    epochs = metrics["epoch_losses"]
+    axes.plot([steps_per_epoch * (e + 1) for e in range(len(epochs))], epochs, "o", label="epoch mean")
+    axes.set_xlabel("mini-batch")
+    axes.set_ylabel("cross-entropy loss")
+    axes.set_title(f"Training loss ({metrics['framework']}, {metrics['backend']})")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def per_class_accuracy(metrics):
+    figure = Figure(figsize=(6, 4))
+    axes = figure.add_subplot()
+    names = list(metrics["per_class_accuracy"])
+    values = [v if v is not None else 0.0 for v in metrics["per_class_accuracy"].values()]
+    bars = axes.bar(names, values, color="tab:blue")
+    axes.bar_label(bars, fmt="%.0f", fontsize=8)
+    axes.axhline(metrics["accuracy"], color="tab:red", linestyle="--", label=f"overall {metrics['accuracy']:.1f} %")
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(f"Per-class accuracy ({metrics['total']} test images)")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix(metrics, classes):
+    matrix = np.asarray(metrics["confusion_matrix"])
+    figure = Figure(figsize=(6, 5.5))
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    ticks = range(len(classes))
+    axes.set_xticks(ticks, classes, rotation=45)
+    axes.set_yticks(ticks, classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(column, row, str(count), ha="center", va="center", fontsize=7,
+                  color="white" if count > threshold else "black")
+    axes.set_title("Confusion matrix")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,119 @@
+"""What a tutorial run prints and records, shared by ``scratchnet.train``, ``scratchnet.evaluate``
+and ``reference.tutorial`` so their printouts and ``metrics.json`` compare line by line and field by field.
+
+Pure Python and NumPy: the reference imports it without pulling in the engine.
+"""
+
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from scratchnet.files import atomic_open
+
+METRICS_FILE = "metrics.json"
+SHOWN_TEST_IMAGES = 4  # the tutorial shows its first test batch of 4
+
+
+def loss_line(epoch, step, loss):
+    """The tutorial's ``[1,  2000] loss: 2.182`` (epoch and step counted from 1)."""
+    return f"[{epoch}, {step:5d}] loss: {loss:.3f}"
+
+
+def accuracy_summary(labels, predictions, classes):
+    """Overall and per-class accuracy (percent) and the confusion matrix (rows: true class)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class_total = confusion.sum(axis=1)
+    correct = int(np.trace(confusion))
+    return {
+        "correct": correct,
+        "total": int(len(labels)),
+        "accuracy": 100.0 * correct / len(labels),
+        "per_class_accuracy": {
+            name: (100.0 * confusion[i, i] / per_class_total[i] if per_class_total[i] else None)
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def test_report_lines(labels, predictions, summary, classes):
+    """The tutorial's test printout: GroundTruth/Predicted for the first 4 images, overall and per-class accuracy."""
+    shown = range(min(SHOWN_TEST_IMAGES, len(labels)))
+    lines = [
+        "GroundTruth:  " + " ".join(f"{classes[labels[j]]:5s}" for j in shown),
+        "Predicted:  " + " ".join(f"{classes[predictions[j]]:5s}" for j in shown),
+        f"Accuracy of the network on the {summary['total']} test images: "
+        f"{100 * summary['correct'] // summary['total']} %",
+    ]
+    for name, accuracy in summary["per_class_accuracy"].items():
+        lines.append(f"Accuracy of {name:5s} : {int(accuracy):2d} %" if accuracy is not None
+                     else f"Accuracy of {name:5s} : no test images")
+    return lines
+
+
+def run_metrics(*, framework, backend, seed, config, data_root, train_images, summary, loss_curve, epoch_losses,
+                wall_time_s, versions):
+    """The ``metrics.json`` record of one run; both frameworks write exactly these fields."""
+    return {
+        "framework": framework,
+        "backend": backend,
+        "seed": seed,
+        "config": config,
+        "data": {"root": os.path.abspath(data_root), "train_images": train_images, "test_images": summary["total"]},
+        "loss_curve": loss_curve,
+        "epoch_losses": epoch_losses,
+        **summary,
+        "wall_time_s": wall_time_s,
+        "versions": versions,
+        "machine": machine(),
+    }
+
+
+def versions(*modules):
+    """Python and the versions of those named modules that this process has imported."""
+    found = {"python": platform.python_version()}
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", "unknown")
+    return found
+
+
+def machine():
+    """A short description of where a run happened, for comparing wall times."""
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def write_metrics(run_dir, metrics):
+    """Write ``metrics.json`` into ``run_dir`` atomically; return its path."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    with atomic_open(path, "w") as file:
+        json.dump(metrics, file, indent=2)
+        file.write("\n")
+    return path
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, METRICS_FILE)) as file:
+        return json.load(file)
