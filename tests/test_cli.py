@@ -176,3 +176,20 @@ def test_unreadable_or_foreign_weights_are_one_line(content, tmp_path):
     result = run_cli("scratchnet.evaluate", "--weights", weights, "--backend", "numpy", "--data", tmp_path)
     assert_one_line_error(result, str(weights))
     assert not (tmp_path / "ran").exists()
+
+
+def test_accuracy_benchmark_runs_both_frameworks_and_writes_json(data_root, tmp_path):
+    output = tmp_path / "accuracy.json"
+    result = run_cli("benchmarks.accuracy", "--seeds", "3", "--epochs", "1", "--backend", "numpy", "--data", data_root,
+                     "--limit-train", "40", "--limit-test", "20", "--runs-dir", tmp_path / "runs", "--output", output,
+                     cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(output.read_text())
+    assert [(run["framework"], run["seed"], run["total"]) for run in record["runs"]] == [
+        ("scratchnet", 3, 20), ("pytorch", 3, 20)]
+    for framework in ("scratchnet", "pytorch"):
+        run = next(r for r in record["runs"] if r["framework"] == framework)
+        assert record["summary"][framework]["accuracies"] == [run["accuracy"]]
+        assert (tmp_path / "runs" / f"{framework}-seed3" / "metrics.json").exists()
+    assert record["machine"]["cpu_count"] >= 1 and "torch" in record["versions"]["pytorch"]
+    assert "| scratchnet |" in result.stdout and "| pytorch |" in result.stdout

@@ -16,6 +16,7 @@ import cupy as cp
 import numpy as np
 
 from scratchnet.backends import BackendError, cuda_sources
+from scratchnet.backends.numpy_backend import NumpyBackend
 
 _THREADS = 256
 # Enough blocks to fill any current GPU; grid-stride loops cover the rest.
@@ -218,6 +219,11 @@ class CupyBackend:
         grad = cp.empty_like(probs)
         self._launch(probs.dtype, "cross_entropy_backward", grad.size, (probs, labels, grad, *_ints(n, classes)))
         return grad
+
+    # ---- fused blocks ------------------------------------------------------------------
+    # The composed versions call only this backend's own primitives, so they run on the GPU.
+    conv2d_relu_max_pool2d_forward = NumpyBackend.conv2d_relu_max_pool2d_forward
+    conv2d_relu_max_pool2d_backward = NumpyBackend.conv2d_relu_max_pool2d_backward
 
     # ---- optimizer -----------------------------------------------------------------
 
