@@ -32,7 +32,8 @@ def main(argv=None):
                              "collapses on a few shared cores)")
     parser.add_argument("--data", metavar="DIR", default=os.environ.get(cli.DATA_ENV, "data"),
                         help=f"folder holding cifar-10-batches-py (default: ${cli.DATA_ENV} or ./data)")
-    parser.add_argument("--limit-train", type=cli.positive_int, metavar="N", help="first N training images (for trials)")
+    parser.add_argument("--limit-train", type=cli.positive_int, metavar="N",
+                        help="first N training images (for trials)")
     parser.add_argument("--limit-test", type=cli.positive_int, metavar="N", help="first N test images (for trials)")
     parser.add_argument("--runs-dir", default=os.path.join("runs", "accuracy"), help="where the run folders go")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"the JSON to write (default {DEFAULT_OUTPUT})")

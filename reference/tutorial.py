@@ -120,7 +120,8 @@ def predict(net, testloader):
 def main(argv=None):
     parser = cli.Parser(prog="python -m reference.tutorial", description=__doc__.split("\n\n")[0])
     cli.add_training_arguments(parser)
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2, as the tutorial)")
+    parser.add_argument("--workers", type=cli.non_negative_int, default=2,
+                        help="DataLoader worker processes (default 2, as the tutorial)")
     parser.add_argument("--threads", type=cli.positive_int,
                         help="torch intra-op threads (default: torch's own choice, as the tutorial)")
     args = parser.parse_args(argv)
@@ -169,7 +170,8 @@ def run(args):
         print(line)
 
     metrics = report.run_metrics(
-        framework="pytorch", backend="torch-cpu", seed=seed, config=cli.config(args, width=1, workers=args.workers, threads=torch.get_num_threads()),
+        framework="pytorch", backend="torch-cpu", seed=seed,
+        config=cli.config(args, width=1, workers=args.workers, threads=torch.get_num_threads()),
         data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=loss_curve,
         epoch_losses=epoch_losses, wall_time_s={"data": data_time, "train": train_time, "test": test_time,
                                                 "total": time.perf_counter() - started},

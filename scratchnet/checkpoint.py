@@ -67,7 +67,8 @@ def _rebuild_tensor(what):
         """torch._utils._rebuild_tensor_v2 on numpy: a bounds-checked strided view of the storage, copied."""
         size, stride = tuple(size), tuple(stride)
         ints = (offset,) + size + stride
-        if not isinstance(storage, np.ndarray) or len(size) != len(stride) or not all(isinstance(v, int) and v >= 0 for v in ints):
+        valid = isinstance(storage, np.ndarray) and len(size) == len(stride)
+        if not valid or not all(isinstance(v, int) and v >= 0 for v in ints):
             raise CheckpointError(f"{what}: a tensor has an invalid layout (size {size}, stride {stride})")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
         if last >= storage.size:
@@ -101,7 +102,9 @@ def _load_pth(path, archive):
             dtype = kind.dtype.newbyteorder(">" if big_endian else "<")
             raw = archive.read(record)
             if len(raw) != numel * dtype.itemsize:
-                raise CheckpointError(f"{path}: storage {record} holds {len(raw)} bytes, expected {numel * dtype.itemsize}")
+                raise CheckpointError(
+                    f"{path}: storage {record} holds {len(raw)} bytes, expected {numel * dtype.itemsize}"
+                )
             storages[key] = np.frombuffer(raw, dtype=dtype).astype(kind.dtype)
         return storages[key]
 
@@ -114,7 +117,9 @@ def _load_pth(path, archive):
         raise CheckpointError(f"{path}: expected a state_dict (parameter name -> tensor), got a {type(state).__name__}")
     for name, value in state.items():
         if not isinstance(name, str) or not isinstance(value, np.ndarray):
-            raise CheckpointError(f"{path}: expected a state_dict of tensors, but entry {name!r} holds {type(value).__name__}")
+            raise CheckpointError(
+                f"{path}: expected a state_dict of tensors, but entry {name!r} holds {type(value).__name__}"
+            )
     return dict(state)
 
 

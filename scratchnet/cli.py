@@ -28,6 +28,16 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def non_negative_float(text):
     try:
         value = float(text)
@@ -53,8 +63,10 @@ def add_training_arguments(parser):
     parser.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set (default 2)")
     parser.add_argument("--lr", type=non_negative_float, default=0.001, help="SGD learning rate (default 0.001)")
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
-    parser.add_argument("--seed", type=int, help="seed for initialization and shuffling (default: a fresh one, recorded)")
-    parser.add_argument("--limit-train", type=positive_int, metavar="N", help="train on the first N training images only")
+    parser.add_argument("--seed", type=int,
+                        help="seed for initialization and shuffling (default: a fresh one, recorded)")
+    parser.add_argument("--limit-train", type=positive_int, metavar="N",
+                        help="train on the first N training images only")
     parser.add_argument("--log-every", type=positive_int, default=2000, metavar="STEPS",
                         help="print the mean loss every STEPS mini-batches (default 2000)")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder for weights, metrics.json and plots "
@@ -85,7 +97,9 @@ def one_line_errors(prog, *expected):
     try:
         yield
     except expected as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        is_file_error = isinstance(exc, OSError) and exc.filename is not None
+        message = f"{exc.filename}: {exc.strerror}" if is_file_error else exc
+        print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -130,7 +130,9 @@ def read_batch(path):
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # any damage to the stream surfaces as one of many exception types
-        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); re-extract or re-download it") from None
+        raise DataError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); re-extract or re-download it"
+        ) from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR-10 batch: it holds a {type(batch).__name__}, not a dict")
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
@@ -202,7 +204,9 @@ def extract(archive, root):
                 members = tar.getmembers()
                 for member in members:
                     if not _safe_member(member):
-                        raise DataError(f"{archive}: refused member {member.name!r} (not a plain file inside {FOLDER}/)")
+                        raise DataError(
+                            f"{archive}: refused member {member.name!r} (not a plain file inside {FOLDER}/)"
+                        )
                 # The "data" filter (Python >= 3.10.12) re-checks every member; the check above suffices without it.
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(staging, members=members, **safe)

@@ -49,7 +49,8 @@ def net_from_weights(path):
 
 def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, metavar="FILE", help="cifar_net.npz (scratchnet) or cifar_net.pth (torch)")
+    parser.add_argument("--weights", required=True, metavar="FILE",
+                        help="cifar_net.npz (scratchnet) or cifar_net.pth (torch)")
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     cli.add_data_arguments(parser)
     args = parser.parse_args(argv)

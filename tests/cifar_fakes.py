@@ -12,8 +12,8 @@ from scratchnet import data
 
 def batch_bytes(images, labels, bytes_keys=False):
     """One batch pickled as the official files are laid out: a dict of data, labels, batch_label, filenames."""
-    batch = {"batch_label": "testing batch", "labels": [int(v) for v in labels], "data": images.reshape(len(images), -1),
-             "filenames": [f"image_{i}.png" for i in range(len(images))]}
+    batch = {"batch_label": "testing batch", "labels": [int(v) for v in labels],
+             "data": images.reshape(len(images), -1), "filenames": [f"image_{i}.png" for i in range(len(images))]}
     if bytes_keys:  # as Python 3 reads the Python 2 originals with encoding="bytes"
         batch = {key.encode(): value for key, value in batch.items()}
     return pickle.dumps(batch, protocol=2)

@@ -9,7 +9,6 @@ import urllib.error
 
 import numpy as np
 import pytest
-import torch
 import torchvision.transforms as transforms
 from PIL import Image
 
