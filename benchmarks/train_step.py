@@ -64,7 +64,7 @@ def scratchnet_step(batch_size, backend, threads=None):
     images, labels = _batch(batch_size)
     net = Net(seed=0).to(backend)
     optimizer = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    criterion = nn.CrossEntropyLoss()
+    criterion = nn.CrossEntropyLoss().to(backend)  # as the training CLI does
 
     def step():
         optimizer.zero_grad()
@@ -166,7 +166,7 @@ from scratchnet import nn, optim
 from scratchnet.models import Net
 net = Net(seed=0).to("numba")
 optimizer = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-criterion = nn.CrossEntropyLoss()
+criterion = nn.CrossEntropyLoss().to("numba")
 criterion(net(np.zeros((4, 3, 32, 32), np.float32)), np.zeros(4, np.int64))
 net.backward(criterion.backward())
 optimizer.step()

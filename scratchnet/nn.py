@@ -366,7 +366,7 @@ class Flatten(Module):
 
     def backward(self, grad_out):
         shape = self._saved("_x_shape")
-        return self._grad_out(grad_out, (shape[0], int(np.prod(shape[1:])))).reshape(shape)
+        return self._grad_out(grad_out, (shape[0], math.prod(shape[1:]))).reshape(shape)
 
 
 class Sequential(Module):

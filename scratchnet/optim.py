@@ -25,15 +25,20 @@ class SGD:
 
     def zero_grad(self):
         for param in self.params:
-            param.grad[...] = 0
+            param.grad.fill(0)
 
     def step(self):
+        first = self.momentum != 0 and self.momentum_buffers[0] is None
+        if first:
+            self.momentum_buffers = [np.zeros_like(param.data) for param in self.params]
+        # One fused update per backend (normally one for the whole model): per-call overhead dominates small nets.
+        by_backend = {}
         for index, param in enumerate(self.params):
-            first = self.momentum_buffers[index] is None
-            if first and self.momentum != 0:
-                self.momentum_buffers[index] = np.zeros_like(param.data)
             buf = self.momentum_buffers[index] if self.momentum != 0 else param.grad
-            param.backend.sgd_step(
-                param.data, param.grad, buf, self.lr, self.momentum, self.dampening,
-                self.weight_decay, self.nesterov, first,
-            )
+            arrays = by_backend.setdefault(param.backend, ([], [], []))
+            arrays[0].append(param.data)
+            arrays[1].append(param.grad)
+            arrays[2].append(buf)
+        for backend, (datas, grads, bufs) in by_backend.items():
+            backend.sgd_steps(datas, grads, bufs, self.lr, self.momentum, self.dampening,
+                              self.weight_decay, self.nesterov, first)

@@ -241,6 +241,9 @@ class CupyBackend:
             param, grad, buf, np.int64(param.size), real(lr), real(momentum), real(1 - dampening),
             real(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))
 
+    # One call per parameter either way: the composed loop over this backend's sgd_step.
+    sgd_steps = NumpyBackend.sgd_steps
+
 
 def _ints(*values):
     """Kernel arguments declared ``int``."""

@@ -15,9 +15,13 @@ changes NaN/inf handling; the op tests hold the results to torch's tolerances.
 
 Parallel loops run over images (or independent output rows); per-image weight
 gradients are summed afterwards in image order, so results never depend on the
-thread count or timing.
+thread count or timing. Each such kernel also has a serial twin, which small
+batches use (see ``_PARALLEL_MIN_BATCH``).
 """
 
+import types
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -30,6 +34,32 @@ def _kernel(parallel=False):
     return njit(cache=True, fastmath=_FLAGS, parallel=parallel)
 
 
+class _Twin:
+    """One kernel compiled twice: threaded over its ``prange`` loops, and serial.
+
+    The serial copy gets its own name, so the two never share a cache entry.
+    """
+
+    def __init__(self, func):
+        serial = types.FunctionType(func.__code__, func.__globals__, func.__name__ + "_serial",
+                                    func.__defaults__, func.__closure__)
+        serial.__qualname__ = func.__qualname__ + "_serial"
+        self.parallel = _kernel(parallel=True)(func)
+        self.serial = _kernel()(serial)
+
+    def run(self, threaded, *args):
+        return (self.parallel if threaded else self.serial)(*args)
+
+
+# Below this batch size every kernel runs serially: waking threads (and, on a busy
+# machine, waiting for a core) costs more than splitting a few images' work gains.
+_PARALLEL_MIN_BATCH = 32
+
+
+def _threaded(batch_size):
+    return batch_size >= _PARALLEL_MIN_BATCH and numba.get_num_threads() > 1
+
+
 # ---- wide planes: stride-1 convolution on all images at once -------------------------------
 # Images sit one after another along the flat axis of ``planes`` (C, N * Hp * Wp), so
 # one wide row spans the whole batch (the positions between images are garbage too).
@@ -38,7 +68,7 @@ def _kernel(parallel=False):
 _CHUNK = 1024
 
 
-@_kernel(parallel=True)
+@_Twin
 def _to_planes(x, padding, planes):
     """NCHW ``x`` -> zero-bordered ``planes`` (C, N * Hp * Wp)."""
     n, c, h, w = x.shape
@@ -54,7 +84,7 @@ def _to_planes(x, padding, planes):
                     planes[ci, base + col] = x[b, ci, r, col]
 
 
-@_kernel(parallel=True)
+@_Twin
 def _from_planes(grad_planes, padding, grad_x):
     n, c, h, w = grad_x.shape
     wp = w + 2 * padding
@@ -72,7 +102,7 @@ def _shift(t, kw, wp):
     return (t // kw) * wp + t % kw
 
 
-@_kernel(parallel=True)
+@_Twin
 def _wide_forward(planes, weight, bias, wp, total, y_wide):
     """y_wide[o, p] = bias[o] + sum over (ci, tap) of weight * planes[ci, p + shift(tap)], p < total."""
     out_c, c, kh, kw = weight.shape
@@ -112,7 +142,7 @@ def _store_taps(kernel, t, kw, v0, v1, v2, v3):
     kernel[(t + 3) // kw, (t + 3) % kw] = v3
 
 
-@_kernel(parallel=True)
+@_Twin
 def _wide_grad_weight(planes, grad_ext, margin, wp, total, kh, kw, partial):
     """partial[chunk, o, ci, tap] = sum over the chunk's p of grad_wide[o, p] * planes[ci, p + shift(tap)].
 
@@ -163,7 +193,7 @@ def _wide_grad_weight(planes, grad_ext, margin, wp, total, kh, kw, partial):
                 t += 1
 
 
-@_kernel(parallel=True)
+@_Twin
 def _wide_grad_input(grad_ext, weight, margin, wp, grad_planes):
     """grad_planes[ci, q] = sum over (o, tap) of weight * grad_wide[o, q - shift(tap)] (zero outside)."""
     out_c, c, kh, kw = weight.shape
@@ -217,7 +247,7 @@ def _row_sums(grad_ext, margin, total, out):
         out[o] = acc
 
 
-@_kernel(parallel=True)
+@_Twin
 def _unwide(y_wide, wp, size, y):
     n, out_c, out_h, out_w = y.shape
     for item in prange(n * out_c):
@@ -227,7 +257,7 @@ def _unwide(y_wide, wp, size, y):
                 y[b, o, oh, ow] = y_wide[o, b * size + oh * wp + ow]
 
 
-@_kernel(parallel=True)
+@_Twin
 def _relu_max_pool_wide(y_wide, wp, size, pool_kernel, pool_stride, y, indices):
     """ReLU then max-pool, read straight from the wide rows; ``indices`` are wide positions.
 
@@ -285,7 +315,7 @@ def _valid_range(out_size, in_size, tap, stride, padding):
     return lo, max(lo, hi)
 
 
-@_kernel(parallel=True)
+@_Twin
 def _conv2d_forward(x, weight, bias, stride, padding, y):
     n, c, h, w = x.shape
     out_c, _, kh, kw = weight.shape
@@ -305,7 +335,7 @@ def _conv2d_forward(x, weight, bias, stride, padding, y):
                             y[b, o, oh, ow] += tap * x[b, ci, ih, ow * stride + j - padding]
 
 
-@_kernel(parallel=True)
+@_Twin
 def _conv2d_grad_weight(x, grad_y, stride, padding, grad_weight, grad_bias):
     n, c, h, w = x.shape
     out_c, _, kh, kw = grad_weight.shape
@@ -331,7 +361,7 @@ def _conv2d_grad_weight(x, grad_y, stride, padding, grad_weight, grad_bias):
                     grad_weight[o, ci, i, j] = acc
 
 
-@_kernel(parallel=True)
+@_Twin
 def _conv2d_grad_input(weight, grad_y, stride, padding, grad_x):
     n, c, h, w = grad_x.shape
     out_c, _, kh, kw = weight.shape
@@ -354,7 +384,7 @@ def _conv2d_grad_input(weight, grad_y, stride, padding, grad_x):
 # ---- max-pool, ReLU, linear, loss, SGD ------------------------------------------------------
 
 
-@_kernel(parallel=True)
+@_Twin
 def _max_pool2d_forward(x, kernel, stride, y, indices):
     n, c, h, w = x.shape
     _, _, out_h, out_w = y.shape
@@ -400,7 +430,7 @@ def _relu_backward(grad_y, y, grad_x):
         flat_out[k] = flat_g[k] if flat_y[k] > 0 else 0
 
 
-@_kernel(parallel=True)
+@_Twin
 def _linear_forward(x, weight, bias, relu, y):
     """y = x @ weight.T + bias (then max(., 0) if ``relu``): four output features per pass over x's row."""
     n, in_f = x.shape
@@ -428,7 +458,7 @@ def _linear_forward(x, weight, bias, relu, y):
             y[b, o] = v if v > 0 or not relu else 0
 
 
-@_kernel(parallel=True)
+@_Twin
 def _linear_backward(x, weight, grad_y, need_input_grad, grad_x, grad_weight, grad_bias):
     """Rows of grad_weight and grad_x as sums of scaled rows, four rows per pass."""
     n, in_f = x.shape
@@ -500,6 +530,12 @@ def _sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov,
     p, g, m = param.ravel(), grad.ravel(), buf.ravel()
     dtype = p.dtype.type
     lr, momentum, dampening, weight_decay = dtype(lr), dtype(momentum), dtype(dampening), dtype(weight_decay)
+    if momentum != 0 and weight_decay == 0 and not nesterov and not first:
+        # The usual step, without branches in the loop so that it vectorizes.
+        for k in range(p.size):
+            m[k] = momentum * m[k] + (1 - dampening) * g[k]
+            p[k] -= lr * m[k]
+        return
     for k in range(p.size):
         d_p = g[k] + weight_decay * p[k] if weight_decay != 0 else g[k]
         if momentum != 0:
@@ -509,6 +545,18 @@ def _sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov,
                 m[k] = momentum * m[k] + (1 - dampening) * d_p
             d_p = d_p + momentum * m[k] if nesterov else m[k]
         p[k] -= lr * d_p
+
+
+@njit(cache=True)
+def _sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+    """``_sgd_step`` over tuples of flat arrays: one call for the whole network."""
+    for k in range(len(params)):
+        _sgd_step(params[k], grads[k], bufs[k], lr, momentum, dampening, weight_decay, nesterov, first)
+
+
+def _flat(arrays):
+    """1-D views, so that arrays of any shapes make one tuple type (one compiled ``_sgd_steps``)."""
+    return tuple(array.reshape(-1) for array in arrays)
 
 
 class _WideGeometry:
@@ -533,34 +581,36 @@ class NumbaBackend(NumpyBackend):
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
         x = np.ascontiguousarray(x)
+        threaded = _threaded(x.shape[0])
         if stride == 1:
-            y_wide, geometry = self._wide_forward(x, weight, bias, padding)
+            y_wide, geometry = self._wide_forward(x, weight, bias, padding, threaded)
             y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
-            _unwide(y_wide, geometry.wp, geometry.size, y)
+            _unwide.run(threaded, y_wide, geometry.wp, geometry.size, y)
             return y
         n, _, h, w = x.shape
         out_c, _, kh, kw = weight.shape
         out_h = (h + 2 * padding - kh) // stride + 1
         out_w = (w + 2 * padding - kw) // stride + 1
         y = np.empty((n, out_c, out_h, out_w), dtype=x.dtype)
-        _conv2d_forward(x, weight, bias, stride, padding, y)
+        _conv2d_forward.run(threaded, x, weight, bias, stride, padding, y)
         return y
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
+        threaded = _threaded(x.shape[0])
         if stride == 1:
             geometry = _WideGeometry(x.shape, weight.shape, padding)
             grad_ext = np.empty((weight.shape[0], geometry.margin + geometry.full), dtype=x.dtype)
             _grad_ext_from_conv(grad_y, geometry.wp, geometry.size, geometry.margin, grad_ext)
-            return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad)
+            return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded)
         grad_weight = np.empty_like(weight)
         grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
-        _conv2d_grad_weight(x, grad_y, stride, padding, grad_weight, grad_bias)
+        _conv2d_grad_weight.run(threaded, x, grad_y, stride, padding, grad_weight, grad_bias)
         grad_x = None
         if need_input_grad:
             grad_x = np.empty_like(x)
-            _conv2d_grad_input(weight, grad_y, stride, padding, grad_x)
+            _conv2d_grad_input.run(threaded, weight, grad_y, stride, padding, grad_x)
         return grad_x, grad_weight, grad_bias
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
@@ -568,13 +618,14 @@ class NumbaBackend(NumpyBackend):
             return super().conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool_kernel, pool_stride)
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
-        y_wide, geometry = self._wide_forward(np.ascontiguousarray(x), weight, bias, padding)
+        threaded = _threaded(x.shape[0])
+        y_wide, geometry = self._wide_forward(np.ascontiguousarray(x), weight, bias, padding, threaded)
         out_h, out_w = geometry.out_hw
         shape = (x.shape[0], weight.shape[0], (out_h - pool_kernel) // pool_stride + 1,
                  (out_w - pool_kernel) // pool_stride + 1)
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
-        _relu_max_pool_wide(y_wide, geometry.wp, geometry.size, pool_kernel, pool_stride, y, indices)
+        _relu_max_pool_wide.run(threaded, y_wide, geometry.wp, geometry.size, pool_kernel, pool_stride, y, indices)
         return y, (y, indices)
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
@@ -584,29 +635,30 @@ class NumbaBackend(NumpyBackend):
                                                            pool_kernel, pool_stride, need_input_grad)
         pool_y, indices = saved
         x = np.ascontiguousarray(x)
+        threaded = _threaded(x.shape[0])
         geometry = _WideGeometry(x.shape, weight.shape, padding)
         grad_ext = np.empty((weight.shape[0], geometry.margin + geometry.full), dtype=x.dtype)
         _grad_ext_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, geometry.margin, grad_ext)
-        return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad)
+        return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded)
 
     @staticmethod
-    def _wide_forward(x, weight, bias, padding):
+    def _wide_forward(x, weight, bias, padding, threaded):
         geometry = _WideGeometry(x.shape, weight.shape, padding)
         planes = np.empty((x.shape[1], geometry.full), dtype=x.dtype)
-        _to_planes(x, padding, planes)
+        _to_planes.run(threaded, x, padding, planes)
         y_wide = np.empty((weight.shape[0], geometry.total), dtype=x.dtype)
-        _wide_forward(planes, weight, bias, geometry.wp, geometry.total, y_wide)
+        _wide_forward.run(threaded, planes, weight, bias, geometry.wp, geometry.total, y_wide)
         return y_wide, geometry
 
     @staticmethod
-    def _wide_backward(x, weight, grad_ext, geometry, need_input_grad):
+    def _wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded):
         """Gradients from ``grad_ext``: the output gradient on wide rows after ``margin`` zeros."""
         out_c, _, kh, kw = weight.shape
         planes = np.empty((x.shape[1], geometry.full), dtype=x.dtype)
-        _to_planes(x, geometry.padding, planes)
+        _to_planes.run(threaded, x, geometry.padding, planes)
         chunks = -(-geometry.total // _CHUNK)
         partial = np.empty((chunks,) + weight.shape, dtype=x.dtype)
-        _wide_grad_weight(planes, grad_ext, geometry.margin, geometry.wp, geometry.total, kh, kw, partial)
+        _wide_grad_weight.run(threaded, planes, grad_ext, geometry.margin, geometry.wp, geometry.total, kh, kw, partial)
         grad_weight = np.empty_like(weight)
         _sum_leading(partial, grad_weight)
         grad_bias = np.empty(out_c, dtype=x.dtype)
@@ -614,9 +666,9 @@ class NumbaBackend(NumpyBackend):
         grad_x = None
         if need_input_grad:
             grad_planes = np.empty_like(planes)
-            _wide_grad_input(grad_ext, weight, geometry.margin, geometry.wp, grad_planes)
+            _wide_grad_input.run(threaded, grad_ext, weight, geometry.margin, geometry.wp, grad_planes)
             grad_x = np.empty_like(x)
-            _from_planes(grad_planes, geometry.padding, grad_x)
+            _from_planes.run(threaded, grad_planes, geometry.padding, grad_x)
         return grad_x, grad_weight, grad_bias
 
     def max_pool2d_forward(self, x, kernel, stride):
@@ -624,7 +676,7 @@ class NumbaBackend(NumpyBackend):
         shape = (n, c, (h - kernel) // stride + 1, (w - kernel) // stride + 1)
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
-        _max_pool2d_forward(np.ascontiguousarray(x), kernel, stride, y, indices)
+        _max_pool2d_forward.run(_threaded(n), np.ascontiguousarray(x), kernel, stride, y, indices)
         return y, indices
 
     def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
@@ -646,15 +698,15 @@ class NumbaBackend(NumpyBackend):
         y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
-        _linear_forward(np.ascontiguousarray(x), weight, bias, False, y)
+        _linear_forward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, bias, False, y)
         return y
 
     def linear_backward(self, x, weight, grad_y, need_input_grad=True):
         grad_x = np.empty_like(x) if need_input_grad else np.empty((0, x.shape[1]), dtype=x.dtype)
         grad_weight = np.empty_like(weight)
         grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
-        _linear_backward(np.ascontiguousarray(x), weight, np.ascontiguousarray(grad_y), need_input_grad,
-                         grad_x, grad_weight, grad_bias)
+        _linear_backward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, np.ascontiguousarray(grad_y),
+                             need_input_grad, grad_x, grad_weight, grad_bias)
         return (grad_x if need_input_grad else None), grad_weight, grad_bias
 
     def cross_entropy_forward(self, logits, labels):
@@ -669,6 +721,11 @@ class NumbaBackend(NumpyBackend):
 
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
         _sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+    def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+        if len({array.dtype for array in params}) != 1:  # a tuple of mixed dtypes is no single kernel type
+            return super().sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first)
+        _sgd_steps(_flat(params), _flat(grads), _flat(bufs), lr, momentum, dampening, weight_decay, nesterov, first)
 
 
 def create():

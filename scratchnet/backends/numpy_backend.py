@@ -185,6 +185,12 @@ class NumpyBackend:
             d_p = d_p + momentum * buf if nesterov else buf
         param -= lr * d_p
 
+    def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+        """``sgd_step`` on each (param, grad, buf) of the three equal-length lists; a backend may
+        fuse them into one call, as per-call overhead dominates small networks."""
+        for param, grad, buf in zip(params, grads, bufs):
+            self.sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
 
 def create():
     return NumpyBackend()

@@ -1,0 +1,51 @@
+"""The numba backend's threaded kernels give the results of their serial twins.
+
+Small batches run the serial twins, so the op tests (batches up to 8) never reach
+the threaded ones; here the same modules run both ways on the same data.
+"""
+
+import numpy as np
+import pytest
+
+from scratchnet import nn
+from scratchnet.models import Net
+
+try:
+    from scratchnet.backends import numba_backend
+except ImportError:  # numba not installed
+    numba_backend = None
+
+pytestmark = pytest.mark.skipif(numba_backend is None, reason="numba is not installed")
+
+
+def _modules():
+    return {
+        "net": Net(seed=0),
+        "conv stride 2 padding 1": nn.Conv2d(3, 5, 3, stride=2, padding=1, seed=1),
+        "conv padding 2": nn.Conv2d(3, 4, 5, padding=2, seed=2),
+        "max-pool 3 stride 2": nn.MaxPool2d(3, 2),
+        "linear": nn.Linear(3 * 32 * 32, 7, seed=3),
+    }
+
+
+def _run(module, x):
+    """Output, input gradient and parameter gradients of one forward and backward."""
+    module.to("numba")
+    inputs = x.reshape(len(x), -1) if isinstance(module, nn.Linear) else x
+    y = module(inputs)
+    grad_y = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    grad_x = module.backward(grad_y)
+    return [y, grad_x] + [p.grad.copy() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("name", list(_modules()))
+def test_threaded_kernels_match_serial(name, monkeypatch):
+    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    serial = _run(_modules()[name], x)
+    monkeypatch.setattr(numba_backend, "_threaded", lambda batch_size: True)
+    threaded = _run(_modules()[name], x)
+    for expected, got in zip(serial, threaded):
+        if expected is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
