@@ -8,14 +8,13 @@ A Markdown table for the README is printed at the end.
 """
 
 import datetime
-import json
 import os
 import statistics
 import subprocess
 import sys
 
 from scratchnet import cli, report
-from scratchnet.files import atomic_open
+from scratchnet.files import write_json
 
 FRAMEWORKS = {"scratchnet": "scratchnet.train", "pytorch": "reference.tutorial"}
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results", "accuracy.json")
@@ -57,9 +56,7 @@ def main(argv=None):
                  for run in runs],
         "summary": summarize(runs),
     }
-    with atomic_open(args.output, "w") as file:
-        json.dump(result, file, indent=2)
-        file.write("\n")
+    write_json(args.output, result)
     print(markdown_table(result))
     print(f"Wrote {args.output}")
     return 0

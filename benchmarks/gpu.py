@@ -14,7 +14,6 @@ timed end to end, and its output is kept.
 import argparse
 import importlib.util
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -24,6 +23,7 @@ import time
 import numpy as np
 
 from scratchnet import backends, nn, optim
+from scratchnet.files import write_json
 from scratchnet.models import Net
 
 WIDTHS = (1, 4, 8)
@@ -205,11 +205,7 @@ def main(argv=None):
         results["tutorial_2_epochs"] = tutorial_run(args.tutorial_timeout)
         print(json.dumps({k: v for k, v in results["tutorial_2_epochs"].items() if k != "output_tail"}), flush=True)
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    temporary = args.json + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(results, handle, indent=2)
-    os.replace(temporary, args.json)
+    write_json(args.json, results)
     print(f"wrote {args.json}")
 
 

@@ -14,7 +14,6 @@ batch-4 numba/PyTorch ratio.
 """
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -30,6 +29,7 @@ import torch
 
 from reference.tutorial import Net as TorchNet
 from scratchnet import nn, optim
+from scratchnet.files import write_json
 from scratchnet.models import Net
 
 MFLOP_PER_IMAGE = 3.205  # forward + backward (no input gradient for conv1) of the tutorial Net
@@ -247,11 +247,7 @@ def main(argv=None):
     results["machine"] = machine()
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        temporary = args.json + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(temporary, args.json)
+        write_json(args.json, results)
     headline = next((row for row in results["batches"] if row["batch_size"] == 4), results["batches"][0])
     print(f"batch {headline['batch_size']} numba/torch: {headline['numba_over_torch']:.2f}x")
 

@@ -10,12 +10,13 @@ start-up, data loading, training and testing. Extra ``--limit-train`` /
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+from scratchnet.files import write_json
 
 
 def run(module, flags):
@@ -54,11 +55,7 @@ def main(argv=None):
     results["reference_over_scratchnet"] = results["reference"]["wall_s"] / results["scratchnet"]["wall_s"]
 
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        temporary = args.json + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(temporary, args.json)
+        write_json(args.json, results)
     print(f"scratchnet ({args.backend}) is {results['reference_over_scratchnet']:.1f}x faster end to end")
 
 

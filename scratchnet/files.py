@@ -1,6 +1,7 @@
 """Writing files atomically: readers see the old file or the complete new one, never a partial one."""
 
 import contextlib
+import json
 import os
 import tempfile
 
@@ -26,3 +27,10 @@ def atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def write_json(path, data):
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    with atomic_open(path, "w") as file:
+        json.dump(data, file, indent=2)
+        file.write("\n")

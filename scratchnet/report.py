@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from scratchnet.files import atomic_open
+from scratchnet.files import write_json
 
 METRICS_FILE = "metrics.json"
 SHOWN_TEST_IMAGES = 4  # the tutorial shows its first test batch of 4
@@ -108,9 +108,7 @@ def _cpu_model():
 def write_metrics(run_dir, metrics):
     """Write ``metrics.json`` into ``run_dir`` atomically; return its path."""
     path = os.path.join(run_dir, METRICS_FILE)
-    with atomic_open(path, "w") as file:
-        json.dump(metrics, file, indent=2)
-        file.write("\n")
+    write_json(path, metrics)
     return path
 
 
