@@ -12,17 +12,17 @@ timed end to end, and its output is kept.
 """
 
 import argparse
-import importlib.util
 import json
-import re
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-from scratchnet import backends, nn, optim
+from scratchnet import backends, cli, nn, optim, report
 from scratchnet.files import write_json
 from scratchnet.models import Net
 
@@ -140,22 +140,23 @@ def measure_throughput(frameworks, repeats):
 
 def tutorial_run(timeout_s):
     """The headline command, timed end to end (process start and data loading included)."""
-    command = [sys.executable, "-m", "scratchnet.train", "--backend", "cupy"]
-    if importlib.util.find_spec("scratchnet.train") is None:
-        return {"command": "python " + " ".join(command[1:]), "error": "scratchnet.train is not in this checkout"}
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"command": " ".join(command[1:]), "error": f"did not finish within {timeout_s} s"}
-    seconds = time.perf_counter() - start
-    output = result.stdout + result.stderr
-    accuracy = re.findall(r"accuracy[^0-9\n]*([0-9]+(?:\.[0-9]+)?)\s*%", output, flags=re.IGNORECASE)
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "scratchnet.train", "--backend", "cupy", "--out", out]
+        shown = "python -m scratchnet.train --backend cupy"
+        start = time.perf_counter()
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"command": shown, "error": f"did not finish within {timeout_s} s"}
+        seconds = time.perf_counter() - start
+        output = result.stdout + result.stderr
+        metrics = report.read_metrics(out) if result.returncode == 0 else {}
     return {
-        "command": "python " + " ".join(command[1:]),
+        "command": shown,
         "exit_status": result.returncode,
         "wall_seconds": seconds,
-        "accuracy_percent": float(accuracy[-1]) if accuracy else None,
+        "data": os.environ.get(cli.DATA_ENV, "data (the default folder)"),
+        **{key: metrics.get(key) for key in ("accuracy", "correct", "total", "wall_time_s")},
         "output_tail": output[-3000:],
     }
 

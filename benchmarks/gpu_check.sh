@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call that stays well inside 8 minutes:
+# Everything that needs a GPU, in one call that stays inside 6 minutes:
 # the cupy tests (plus the shared op/optimizer/parity tests on cupy), then the GPU benchmark.
 #
 #   benchmarks/gpu_check.sh [RESULTS_DIR]      (default: benchmarks/results)
@@ -33,14 +33,14 @@ echo "card: $card"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$RESULTS_DIR/gpu_check_device.log" 2>&1
 
 echo "== tests (cupy cases and the CUDA source compile check) =="
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider \
+timeout 180 python3 -m pytest -q -rs -p no:cacheprovider \
     tests/test_cupy_backend.py tests/test_cuda_sources.py tests/test_ops.py tests/test_optim.py \
     tests/test_bad_input.py tests/test_training_parity.py -k "cupy or cuda_source" \
     2>&1 | tee "$RESULTS_DIR/gpu_check_pytest_${card}.log"
 tests_status=${PIPESTATUS[0]}
 
 echo "== benchmark =="
-timeout 200 python3 -m benchmarks.gpu --json "$RESULTS_DIR/gpu_${card}.json" --tutorial-timeout 120 \
+timeout 180 python3 -m benchmarks.gpu --json "$RESULTS_DIR/gpu_${card}.json" --tutorial-timeout 90 \
     2>&1 | tee "$RESULTS_DIR/gpu_check_benchmark_${card}.log"
 bench_status=${PIPESTATUS[0]}
 
