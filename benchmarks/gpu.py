@@ -3,15 +3,20 @@
     python -m benchmarks.gpu --json benchmarks/results/gpu_<card>.json
 
 For each width (1, 4, 8: the tutorial's "make it wider" exercise) and batch
-(4, 128, 512) both frameworks train the tutorial Net with SGD(lr=0.001,
-momentum=0.9) on batches already resident on the GPU; the two are measured in
-alternation, and each figure is the median over the repeats. PyTorch runs with
-its defaults (cuDNN, TF32 convolutions allowed), which the JSON records. Then
-the headline command ``python -m scratchnet.train --backend cupy`` runs once,
-timed end to end, and its output is kept.
+(4, 128, 512) each runner trains the tutorial Net with SGD(lr=0.001,
+momentum=0.9) on batches already resident on the GPU: scratchnet replaying its
+captured CUDA graph of the step as ``fit`` does (where the step is small enough
+to be captured, see ``scratchnet.cuda_graph``; elsewhere it steps eagerly too),
+scratchnet stepping eagerly, and PyTorch eager. They are measured in
+alternation, each figure is the median over the repeats, and each scratchnet
+runner gets its ratio to PyTorch. PyTorch runs with its defaults (cuDNN, TF32
+convolutions allowed), which the JSON records. Then the headline command
+``python -m scratchnet.train --backend cupy`` runs once, timed end to end, and
+its output is kept.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -23,8 +28,10 @@ import time
 import numpy as np
 
 from scratchnet import backends, cli, nn, optim, report
+from scratchnet.cuda_graph import CapturedStep
 from scratchnet.files import write_json
 from scratchnet.models import Net
+from scratchnet.train import train_step
 
 WIDTHS = (1, 4, 8)
 BATCHES = (4, 128, 512)
@@ -41,30 +48,37 @@ def _batches(batch, seed):
     return images, labels
 
 
-class ScratchnetCupy:
-    name = "scratchnet-cupy"
+class ScratchnetCupyEager:
+    name = "scratchnet-cupy-eager"
 
     def __init__(self, width, batch):
         import cupy
 
         self.cupy = cupy
         gpu = backends.get("cupy")
-        self.net = Net(width=width, seed=0).to("cupy")
-        self.optimizer = optim.SGD(self.net.parameters(), lr=0.001, momentum=0.9)
-        self.criterion = nn.CrossEntropyLoss()
+        net = Net(width=width, seed=0).to("cupy")
+        # The loss stays on the GPU, as in fit.
+        self.step = functools.partial(train_step, net, nn.CrossEntropyLoss(),
+                                      optim.SGD(net.parameters(), lr=0.001, momentum=0.9))
         images, labels = _batches(batch, seed=width)
         self.data = [(gpu.asarray(x), gpu.asarray(y)) for x, y in zip(images, labels)]
 
     def run(self, steps):
         for step in range(steps):
-            images, labels = self.data[step % DISTINCT_BATCHES]
-            self.optimizer.zero_grad()
-            self.criterion.forward_array(self.net(images), labels)  # the loss stays on the GPU
-            self.net.backward(self.criterion.backward())
-            self.optimizer.step()
+            self.step(*self.data[step % DISTINCT_BATCHES])
 
     def synchronize(self):
         self.cupy.cuda.Device().synchronize()
+
+
+class ScratchnetCupy(ScratchnetCupyEager):
+    """Steps through the captured CUDA graph (the warm-up steps capture it), as ``fit`` trains."""
+
+    name = "scratchnet-cupy"
+
+    def __init__(self, width, batch):
+        super().__init__(width, batch)
+        self.step = CapturedStep(self.step, batch)
 
 
 def _torch_tutorial_net(torch, width):
@@ -129,9 +143,11 @@ def measure_throughput(frameworks, repeats):
             for name, values in samples.items():
                 row[f"{name} images/s (median)"] = statistics.median(values)
                 row[f"{name} images/s (all)"] = values
-            if len(runners) == 2:
-                row["ratio scratchnet/torch"] = statistics.median(samples[runners[0].name]) / statistics.median(
-                    samples[runners[1].name])
+            if TorchCuda.name in samples:
+                torch_median = statistics.median(samples[TorchCuda.name])
+                for name, values in samples.items():
+                    if name != TorchCuda.name:
+                        row[f"ratio {name}/torch"] = statistics.median(values) / torch_median
             print(json.dumps({k: v for k, v in row.items() if "(all)" not in k}), flush=True)
             rows.append(row)
             del runners
@@ -184,7 +200,7 @@ def main(argv=None):
         "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
         "numpy": np.__version__,
     }
-    frameworks = [ScratchnetCupy]
+    frameworks = [ScratchnetCupy, ScratchnetCupyEager]
     try:
         import torch
     except ImportError:

@@ -408,8 +408,13 @@ class CrossEntropyLoss(Module):
 
     __call__ = forward
 
-    def forward_array(self, logits, labels):
-        """The mean loss as a 0-d array on the logits' backend: no device-to-host copy."""
+    def forward_array(self, logits, labels, check_label_values=True):
+        """The mean loss as a 0-d array on the logits' backend: no device-to-host copy.
+
+        The label range check reads the labels on the host (a synchronization on a GPU);
+        ``check_label_values=False`` skips it for CUDA graph capture, where that is not
+        allowed, and the caller checks with ``check_class_indices`` before each replay.
+        """
         self.backend = _backend_of(logits, self.backend)
         self._check_input(logits, 2, "of logits (N, classes)")
         self.backend.check_array(labels, f"{self!r} labels")
@@ -420,10 +425,8 @@ class CrossEntropyLoss(Module):
             )
         if labels.dtype.kind not in "iu":
             raise ValueError(f"{self!r}: labels must be integer class indices, got dtype {labels.dtype}")
-        classes = logits.shape[1]
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= classes:
-            raise ValueError(f"{self!r}: labels must lie in [0, {classes - 1}] for {classes} classes, got {low}..{high}")
+        if check_label_values:
+            check_class_indices(labels, logits.shape[1], repr(self))
         loss, self._probs = self.backend.cross_entropy_forward(logits, labels)
         self._labels = labels
         return loss
@@ -432,6 +435,13 @@ class CrossEntropyLoss(Module):
         """d loss / d logits (the loss being a scalar, no incoming gradient is needed)."""
         probs = self._saved("_probs")
         return self.backend.cross_entropy_backward(probs, self._labels)
+
+
+def check_class_indices(labels, classes, what):
+    """Raise a ValueError naming ``what`` unless every label lies in [0, classes)."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes, got {low}..{high}")
 
 
 def _backend_of(array, current):

@@ -5,6 +5,7 @@ printout, and leaves a run folder with the weights (``cifar_net.npz``), ``metric
 and PNG plots.
 """
 
+import functools
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchnet import backends, checkpoint, cli, nn, plots, report
+from scratchnet.cuda_graph import CapturedStep
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.evaluate import evaluate
 from scratchnet.models import Net
@@ -25,7 +27,20 @@ class TrainingDiverged(RuntimeError):
     """The loss (or a weight) stopped being finite; the message names the epoch and step."""
 
 
-def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False):
+def train_step(net, criterion, optimizer, images, labels, check_label_values=True):
+    """One step of the tutorial's loop: zero_grad, forward, loss, backward, SGD update.
+
+    Return (logits, loss), both still on the backend (the loss a 0-d array).
+    """
+    optimizer.zero_grad()
+    logits = net(images)
+    loss = criterion.forward_array(logits, labels, check_label_values)
+    net.backward(criterion.backward())
+    optimizer.step()
+    return logits, loss
+
+
+def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, cuda_graph=True):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
@@ -34,8 +49,14 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     raises TrainingDiverged naming the first bad epoch and step; a finite window is
     printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(epoch, step)``
     runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs, steps) on the host.
+
+    On the cupy backend with ``cuda_graph``, full batches replay one captured CUDA graph
+    of the step (``scratchnet.cuda_graph``); the results are bit-identical to eager steps.
     """
     xp = loader.backend.xp
+    take_step = functools.partial(train_step, net, criterion, optimizer)
+    if cuda_graph and loader.backend.name == "cupy":
+        take_step = CapturedStep(take_step, loader.batch_size)
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = [], [], []
     for epoch in range(1, epochs + 1):
@@ -43,11 +64,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
         checked = 0  # steps of this epoch whose losses are known to be finite
         batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress)
         for index, (images, labels) in enumerate(batches):
-            optimizer.zero_grad()
-            outputs = net(images)
-            losses[index] = criterion.forward_array(outputs, labels)
-            net.backward(criterion.backward())
-            optimizer.step()
+            _, losses[index] = take_step(images, labels)
             step = index + 1
             if step % log_every == 0:
                 window = _finite_window(loader.backend, losses, checked, step, epoch)
@@ -85,6 +102,8 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                        help="cupy backend: run every step eagerly instead of replaying a captured CUDA graph")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError):
@@ -118,7 +137,8 @@ def run(args):
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
             loss_curve, epoch_losses, _ = fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                                              on_log=save_checkpoint, progress=sys.stderr.isatty())
+                                              on_log=save_checkpoint, progress=sys.stderr.isatty(),
+                                              cuda_graph=args.cuda_graph)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")

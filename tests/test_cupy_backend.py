@@ -1,16 +1,22 @@
-"""What only the cupy backend has: device boundaries, two conv routes, determinism, parity with torch on the GPU.
+"""What only the cupy backend has: device boundaries, two conv and dense routes, determinism, CUDA graph replay,
+parity with torch.
 
 The shared op, optimizer and parity tests run on cupy through the ``backend``
 fixture; these add the GPU-specific checks. Without a GPU they skip, except the
 one that checks the registry's message for exactly that situation.
 """
 
+import functools
+
 import numpy as np
 import pytest
 
 from harness import relative_error
 from scratchnet import backends, nn, optim
+from scratchnet.cuda_graph import CapturedStep
+from scratchnet.data import DataLoader
 from scratchnet.models import Net
+from scratchnet.train import fit, train_step
 
 
 def _cupy_or_reason():
@@ -82,6 +88,24 @@ def test_both_conv_routes_match_numpy_in_float64(gpu, route, monkeypatch):
             assert error <= 1e-10, f"{route} {label} for {(n, c, o, h, w, kh, kw, stride, padding)}: {error:.2e}"
 
 
+@pytest.mark.parametrize("route", ["direct", "cublas"])
+def test_both_dense_routes_match_numpy_in_float64(gpu, route, monkeypatch):
+    monkeypatch.setattr(gpu, "direct_matmul_max_macs", 1 << 62 if route == "direct" else 0)
+    reference = backends.get("numpy")
+    rng = np.random.default_rng(9)
+    for _ in range(30):
+        rows, fin, fout = (int(v) for v in rng.integers(1, 40, size=3))
+        x, weight, bias = rng.standard_normal((rows, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
+        want_y = reference.linear_forward(x, weight, bias)
+        grad_y = rng.standard_normal(want_y.shape)
+        want = reference.linear_backward(x, weight, grad_y)
+        y = gpu.linear_forward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(bias))
+        got = gpu.linear_backward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(grad_y))
+        for label, ours, theirs in [("forward", y, want_y)] + list(zip(("grad x", "grad w", "grad b"), got, want)):
+            error = relative_error(gpu.to_numpy(ours), theirs)
+            assert error <= 1e-10, f"{route} {label} for {(rows, fin, fout)}: {error:.2e}"
+
+
 def _one_training_step_gradients(gpu, width, batch):
     net = Net(width=width, seed=3).to("cupy")
     rng = np.random.default_rng(4)
@@ -99,6 +123,68 @@ def test_backward_is_bit_for_bit_repeatable(gpu, width, batch):
     second = _one_training_step_gradients(gpu, width, batch)
     for name in first:
         assert np.array_equal(first[name], second[name]), f"{name} gradient differs between identical runs"
+
+
+class _RandomImages:
+    """A dataset as DataLoader takes one: float32 images in [-1, 1] and int64 labels."""
+
+    def __init__(self, count, seed):
+        rng = np.random.default_rng(seed)
+        self.data = rng.uniform(-1, 1, size=(count, 3, 32, 32)).astype(np.float32)
+        self.targets = rng.integers(0, 10, size=count)
+
+    def __len__(self):
+        return len(self.targets)
+
+
+def _fit_on_gpu(gpu, cuda_graph):
+    # 30 steps of 4 per epoch, the last one partial (2 images): it runs eagerly between replays.
+    loader = DataLoader(_RandomImages(4 * 29 + 2, seed=6), 4, shuffle=True, seed=7, backend=gpu)
+    net = Net(seed=2).to("cupy")
+    optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    _, epoch_losses, step_losses = fit(net, nn.CrossEntropyLoss(), optimizer, loader, epochs=2, log_every=7,
+                                       cuda_graph=cuda_graph)
+    return epoch_losses, step_losses, net.state_dict(), [gpu.to_numpy(b) for b in optimizer.momentum_buffers]
+
+
+def test_graph_replayed_training_equals_eager_training_bit_for_bit(gpu):
+    eager_epochs, eager_steps, eager_weights, eager_momentum = _fit_on_gpu(gpu, cuda_graph=False)
+    epochs, steps, weights, momentum = _fit_on_gpu(gpu, cuda_graph=True)
+    assert steps.shape == (2, 30) and np.isfinite(steps).all()
+    assert np.array_equal(steps, eager_steps), "per-step losses differ between graph replay and eager steps"
+    assert epochs == eager_epochs
+    for name in eager_weights:
+        assert np.array_equal(weights[name], eager_weights[name]), f"{name} differs after graph-replayed training"
+    for index, (ours, theirs) in enumerate(zip(momentum, eager_momentum)):
+        assert np.array_equal(ours, theirs), f"momentum buffer {index} differs after graph-replayed training"
+
+
+def _tutorial_step(captured):
+    net = Net(seed=3).to("cupy")
+    optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    step = functools.partial(train_step, net, nn.CrossEntropyLoss(), optimizer)
+    return CapturedStep(step, batch_size=4) if captured else step
+
+
+def test_captured_step_returns_each_steps_outputs(gpu):
+    rng = np.random.default_rng(8)
+    batches = [(gpu.asarray(rng.uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32)),
+                gpu.asarray(rng.integers(0, 10, size=4))) for _ in range(6)]
+    eager_step, captured_step = _tutorial_step(captured=False), _tutorial_step(captured=True)
+    eager, replayed, loss_arrays = [], [], []
+    for images, labels in batches:
+        logits, loss = eager_step(images, labels)
+        eager.append((gpu.to_numpy(logits), float(loss)))
+        # A replay hands back the graph's static outputs, which the next replay overwrites: read them now.
+        logits, loss = captured_step(images, labels)
+        replayed.append((gpu.to_numpy(logits), float(loss)))
+        loss_arrays.append(loss)
+    assert loss_arrays[0] is not loss_arrays[1], "the warm-up step should run eagerly"
+    assert all(loss is loss_arrays[1] for loss in loss_arrays[2:]), "the steps after the warm-up did not replay one graph"
+    for index, ((logits, loss), (eager_logits, eager_loss)) in enumerate(zip(replayed, eager), 1):
+        assert loss == eager_loss and np.array_equal(logits, eager_logits), f"step {index} differs"
+    with pytest.raises(ValueError, match=r"CapturedStep: labels must lie in \[0, 9\] for 10 classes, got"):
+        captured_step(batches[0][0], batches[0][1] + 10)
 
 
 def test_training_matches_torch_on_the_gpu(gpu):

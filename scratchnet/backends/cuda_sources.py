@@ -293,6 +293,25 @@ extern "C" __global__ void relu_backward(
     }
 }
 
+// c[r, j] = sum over k < inner of a[r*a_row + k*a_col] * b[k*b_row + j*b_col] (+ bias[j]), c row-major
+// (rows, cols): the small products, one thread per output summing in k order. The strides (in elements)
+// let either operand be read transposed.
+extern "C" __global__ void matmul_direct(
+    const real* __restrict__ a, const real* __restrict__ b, const real* __restrict__ bias, real* __restrict__ c,
+    int rows, int cols, int inner, long long a_row, long long a_col, long long b_row, long long b_col, int has_bias)
+{
+    const long long total = (long long)rows * cols;
+    FOR_EACH_INDEX(i, total) {
+        const long long r = i / cols;
+        const long long j = i % cols;
+        const real* a_r = a + r * a_row;
+        const real* b_j = b + j * b_col;
+        real acc = 0;
+        for (int k = 0; k < inner; ++k) acc += a_r[k * a_col] * b_j[k * b_row];
+        c[i] = has_bias ? acc + bias[j] : acc;
+    }
+}
+
 // y[r, j] += bias[j] for a row-major (rows, features) matrix.
 extern "C" __global__ void add_bias_rows(real* __restrict__ y, const real* __restrict__ bias, long long total, int features)
 {
@@ -377,7 +396,7 @@ KERNEL_NAMES = (
     "conv2d_forward_direct", "conv2d_grad_input_direct", "conv2d_grad_params_direct",
     "im2col", "rows_to_nchw", "nchw_to_rows", "col2im",
     "max_pool2d_forward", "max_pool2d_backward",
-    "relu_forward", "relu_backward", "add_bias_rows", "reduce_sum",
+    "relu_forward", "relu_backward", "matmul_direct", "add_bias_rows", "reduce_sum",
     "cross_entropy_forward", "cross_entropy_backward", "sgd_step",
 )
 

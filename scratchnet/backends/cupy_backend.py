@@ -1,7 +1,7 @@
 """The GPU backend: the NumpyBackend interface on CuPy arrays, computed by our own CUDA kernels.
 
 The kernels live in ``cuda_sources`` (compiled by CuPy's NVRTC once per float
-type); dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
+type); large dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
 never cross between host and device implicitly: ``asarray`` and ``to_numpy``
 are the only moves, and ``check_array`` refuses numpy arrays.
 
@@ -9,7 +9,10 @@ Convolutions take one of two routes: small problems (batch 4 of the tutorial)
 run one direct kernel per op, as launch count is what costs there; large ones
 go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
 Both routes are deterministic: cuBLAS on one stream is, and our kernels never
-use atomics.
+use atomics. Dense products split the same way: small ones (the tutorial's
+linear layers) run our one-launch ``matmul_direct``, which also lets a training
+step be captured into a CUDA graph (``scratchnet.cuda_graph``): CuPy refuses
+cuBLAS calls during stream capture.
 """
 
 import cupy as cp
@@ -29,6 +32,8 @@ class CupyBackend:
 
     # Multiply-adds per conv op up to which the single-launch direct kernels are used.
     direct_conv_max_macs = 1 << 24
+    # Multiply-adds per dense product up to which matmul_direct is used instead of cuBLAS.
+    direct_matmul_max_macs = 1 << 24
 
     def __init__(self):
         self._modules = {}
@@ -183,21 +188,35 @@ class CupyBackend:
         self._launch(y.dtype, "relu_backward", y.size, (grad_y, y, grad_x, np.int64(y.size)))
         return grad_x
 
+    def _matmul(self, a, b, bias=None):
+        """``a @ b`` (plus ``bias`` on every row) for 2-D arrays, which may be transposed views."""
+        rows, inner = a.shape
+        cols = b.shape[1]
+        if rows * cols * inner > self.direct_matmul_max_macs:
+            c = cp.matmul(a, b)
+            if bias is not None:
+                bias = cp.ascontiguousarray(bias)
+                self._launch(c.dtype, "add_bias_rows", c.size, (c, bias, np.int64(c.size), np.int32(bias.size)))
+            return c
+        c = cp.empty((rows, cols), dtype=a.dtype)
+        # The kernel skips the bias when has_bias is 0; any valid pointer fills its slot.
+        bias_arg = a if bias is None else cp.ascontiguousarray(bias)
+        strides = (np.int64(stride // array.itemsize) for array in (a, b) for stride in array.strides)
+        self._launch(a.dtype, "matmul_direct", c.size, (
+            a, b, bias_arg, c, *_ints(rows, cols, inner), *strides, np.int32(bias is not None)))
+        return c
+
     def linear_forward(self, x, weight, bias):
-        y = cp.matmul(x, weight.T)
-        if bias is not None:
-            bias = cp.ascontiguousarray(bias)
-            self._launch(y.dtype, "add_bias_rows", y.size, (y, bias, np.int64(y.size), np.int32(bias.size)))
-        return y
+        return self._matmul(x, weight.T, bias)
 
     def linear_backward(self, x, weight, grad_y, need_input_grad=True):
         grad_y = cp.ascontiguousarray(grad_y)
         rows, features = grad_y.shape
-        grad_x = cp.matmul(grad_y, weight) if need_input_grad else None
+        grad_x = self._matmul(grad_y, weight) if need_input_grad else None
         grad_bias = cp.empty(features, dtype=grad_y.dtype)
         self._launch_blocks(grad_y.dtype, "reduce_sum", features, (
             grad_y, grad_bias, np.int64(rows), np.int64(features), np.int64(1)))
-        return grad_x, cp.matmul(grad_y.T, x), grad_bias
+        return grad_x, self._matmul(grad_y.T, x), grad_bias
 
     # ---- loss --------------------------------------------------------------------
 
