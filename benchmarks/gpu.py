@@ -78,7 +78,7 @@ class ScratchnetCupy(ScratchnetCupyEager):
 
     def __init__(self, width, batch):
         super().__init__(width, batch)
-        self.step = CapturedStep(self.step, batch)
+        self.step = CapturedStep(self.step, batch, label_pool=self.cupy.concatenate([y for _, y in self.data]))
 
 
 def _torch_tutorial_net(torch, width):

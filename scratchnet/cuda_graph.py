@@ -22,8 +22,10 @@ What replaying relies on:
   still call cudaMalloc; on one stream the graph is a chain, so memory freed and reused
   within the capture is ordered as it was when captured.
 * No host synchronization inside. The step runs with ``check_label_values=False`` (the
-  label range check reads the labels on the host), and each replayed batch has its labels
-  checked before they are copied in.
+  label range check reads the labels on the host). Each replayed batch has its labels
+  checked before they are copied in, which waits for the GPU, unless the caller names the
+  ``label_pool`` every batch's labels come from (``fit`` passes its DataLoader's labels):
+  then the pool is checked once, at capture, and the host can queue steps ahead of the GPU.
 * Our own kernels. CuPy refuses cuBLAS calls during capture, so only steps whose dense
   products and convolutions are small enough for the backend's direct kernels (the
   tutorial's batch 4, for one) are captured; larger ones fall back to eager steps.
@@ -44,12 +46,13 @@ class CapturedStep:
     synchronize with the host nor branch on GPU values (``train.train_step`` qualifies).
     A call returns the same pair. After a replay they are the graph's static outputs,
     which the next replay overwrites: copy what is to be kept (on the current stream, as
-    ``fit`` does, the copy is ordered before that replay).
+    ``fit`` does, the copy is ordered before that replay). ``label_pool``, when given, holds
+    every label the batches will carry; it is checked once instead of each batch.
     """
 
-    def __init__(self, step, batch_size):
+    def __init__(self, step, batch_size, label_pool=None):
         self._cupy = backends.get("cupy").xp
-        self._step, self._batch_size = step, batch_size
+        self._step, self._batch_size, self._label_pool = step, batch_size, label_pool
         self._stream = self._cupy.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy one
         self._warmed_up = False
         self._capturable = True
@@ -98,9 +101,12 @@ class CapturedStep:
                 graph = self._stream.end_capture()  # leave capture mode even when the step failed
         self._logits, self._loss = outputs
         self._graph = graph
+        if self._label_pool is not None:
+            nn.check_class_indices(self._label_pool, self._logits.shape[1], "CapturedStep label_pool")
 
     def _replay(self, images, labels):
-        nn.check_class_indices(labels, self._logits.shape[1], "CapturedStep")
+        if self._label_pool is None:
+            nn.check_class_indices(labels, self._logits.shape[1], "CapturedStep")
         # On the current stream, as the graph launch: ordered after the batch was made and after
         # the previous replay's outputs were read.
         self._cupy.copyto(self._images, images)

@@ -254,6 +254,11 @@ class DataLoader:
         self._data = self.backend.asarray(dataset.data)
         self._targets = self.backend.asarray(dataset.targets)
 
+    @property
+    def targets(self):
+        """Every label of the dataset, on the loader's backend: what its batches' labels are drawn from."""
+        return self._targets
+
     def __len__(self):
         return -(-len(self.dataset) // self.batch_size)
 

@@ -56,7 +56,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     xp = loader.backend.xp
     take_step = functools.partial(train_step, net, criterion, optimizer)
     if cuda_graph and loader.backend.name == "cupy":
-        take_step = CapturedStep(take_step, loader.batch_size)
+        take_step = CapturedStep(take_step, loader.batch_size, label_pool=loader.targets)
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = [], [], []
     for epoch in range(1, epochs + 1):

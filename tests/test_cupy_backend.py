@@ -159,11 +159,11 @@ def test_graph_replayed_training_equals_eager_training_bit_for_bit(gpu):
         assert np.array_equal(ours, theirs), f"momentum buffer {index} differs after graph-replayed training"
 
 
-def _tutorial_step(captured):
+def _tutorial_step(captured, label_pool=None):
     net = Net(seed=3).to("cupy")
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     step = functools.partial(train_step, net, nn.CrossEntropyLoss(), optimizer)
-    return CapturedStep(step, batch_size=4) if captured else step
+    return CapturedStep(step, batch_size=4, label_pool=label_pool) if captured else step
 
 
 def test_captured_step_returns_each_steps_outputs(gpu):
@@ -185,6 +185,16 @@ def test_captured_step_returns_each_steps_outputs(gpu):
         assert loss == eager_loss and np.array_equal(logits, eager_logits), f"step {index} differs"
     with pytest.raises(ValueError, match=r"CapturedStep: labels must lie in \[0, 9\] for 10 classes, got"):
         captured_step(batches[0][0], batches[0][1] + 10)
+
+
+def test_a_label_pool_is_checked_once_at_capture(gpu):
+    rng = np.random.default_rng(10)
+    images = gpu.asarray(rng.uniform(-1, 1, size=(4, 3, 32, 32)).astype(np.float32))
+    labels = gpu.asarray(rng.integers(0, 10, size=4))
+    captured_step = _tutorial_step(captured=True, label_pool=gpu.asarray(np.array([0, 3, 10])))
+    captured_step(images, labels)  # the warm-up step runs eagerly, checking its own batch
+    with pytest.raises(ValueError, match=r"CapturedStep label_pool: labels must lie in \[0, 9\] for 10 classes"):
+        captured_step(images, labels)
 
 
 def test_training_matches_torch_on_the_gpu(gpu):
