@@ -231,7 +231,7 @@ def main(argv=None):
           f"cached start-up {results['jit']['cached_startup_s']:.1f} s")
     results["matmul_peak_gflops"] = {f"{t}thread{'s' * (t > 1)}": matmul_peak(t) for t in (1, 2)}
     peak = max(results["matmul_peak_gflops"].values())
-    print(f"float32 matmul peak: " + ", ".join(f"{k} {v:.1f}" for k, v in results["matmul_peak_gflops"].items())
+    print("float32 matmul peak: " + ", ".join(f"{k} {v:.1f}" for k, v in results["matmul_peak_gflops"].items())
           + " GFLOP/s")
 
     results["batches"] = []
