@@ -127,7 +127,7 @@ class Module:
 
     def _check_input(self, x, rank, what):
         """Raise a ValueError naming this layer when ``x`` is not what it takes."""
-        self.backend.check_array(x, repr(self))
+        self.backend.check_array(x, self)  # the module itself: its repr is built only for an error message
         if x.ndim != rank:
             raise ValueError(f"{self!r} expects a {rank}-D input {what}, got shape {tuple(x.shape)}")
         dtype = self._dtype()
@@ -138,6 +138,8 @@ class Module:
             )
 
     def _dtype(self):
+        for param in self._params.values():  # own parameters first: no walk over children on every call
+            return param.data.dtype
         for param in self.parameters():
             return param.data.dtype
         return None
@@ -342,7 +344,7 @@ class ReLU(Module):
         return "ReLU()"
 
     def forward(self, x):
-        self.backend.check_array(x, repr(self))
+        self.backend.check_array(x, self)
         self._y = self.backend.relu_forward(x)
         return self._y
 
@@ -358,7 +360,7 @@ class Flatten(Module):
         return "Flatten()"
 
     def forward(self, x):
-        self.backend.check_array(x, repr(self))
+        self.backend.check_array(x, self)
         if x.ndim < 1:
             raise ValueError(f"{self!r} needs a batch axis, got a scalar")
         self._x_shape = x.shape

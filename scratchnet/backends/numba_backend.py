@@ -1,20 +1,24 @@
 """The fast CPU backend: every operation is an ``@njit(cache=True)`` kernel of ours.
 
-Stride-1 convolutions (the tutorial's) use *wide planes*: with the input plane
-flattened row by row (width ``Wp`` after padding), output pixel ``(oh, ow)``
-sits at ``oh * Wp + ow`` and kernel tap ``(i, j)`` reads the input at that
-position plus ``i * Wp + j``. Every tap is then one long contiguous vector
-operation over the whole plane; the ``Wp - OW`` columns between rows are
-computed and ignored (forward) or held at zero (backward). Inner loops update
-rows with four taps per pass (one store per four multiply-adds) or run
-register-blocked dot products, so LLVM vectorizes them.
+Stride-1 convolutions (the tutorial's) use *shifted planes*. Each input channel
+is stored ``KW`` times, copy ``j`` shifted left by ``j`` columns and cropped to the
+output width ``OW``; inside a copy, row ``r`` of each image in a small group of
+``G`` images follows row ``r`` of the image before it. Flat position
+``p = (oh * G + b) * OW + ow`` then names output pixel ``(b, oh, ow)``, and kernel
+tap ``(i, j)`` reads copy ``j`` at ``p + i * G * OW``: every tap is one contiguous
+vector operation over a whole group's outputs, with no wasted columns (planes
+flattened at full width compute 1.8 positions per output of the tutorial's second
+conv, 14-wide rows for 10 outputs). The forward keeps the copies for the weight
+gradient. Inner loops update rows with five taps per pass (one store per five
+multiply-adds) or run register-blocked dot products, so LLVM vectorizes them;
+element loops index views by the loop counter alone (see ``_copy``).
 
 Kernels compile with the ``contract`` and ``reassoc`` math flags only: fused
 multiply-add and reordered sums, which let reductions vectorize. No flag
 changes NaN/inf handling; the op tests hold the results to torch's tolerances.
 
-Parallel loops run over images (or independent output rows); per-image weight
-gradients are summed afterwards in image order, so results never depend on the
+Parallel loops run over images or fixed chunks of positions; per-chunk weight
+gradients are summed afterwards in chunk order, so results never depend on the
 thread count or timing. Each such kernel also has a serial twin, which small
 batches use (see ``_PARALLEL_MIN_BATCH``).
 """
@@ -60,75 +64,134 @@ def _threaded(batch_size):
     return batch_size >= _PARALLEL_MIN_BATCH and numba.get_num_threads() > 1
 
 
-# ---- wide planes: stride-1 convolution on all images at once -------------------------------
-# Images sit one after another along the flat axis of ``planes`` (C, N * Hp * Wp), so
-# one wide row spans the whole batch (the positions between images are garbage too).
-# Work splits into fixed chunks of positions, independent of the thread count.
+# ---- shifted planes: stride-1 convolution on groups of images at once ----------------------
+# The batch splits into groups of ``G`` images (see ``_group_size``). In group ``g``,
+# ``planes[g, j, ci]`` holds channel ``ci`` of the padded input shifted left by ``j``
+# columns and cropped to the output width, row ``r`` of the group's image ``b`` at
+# ``(r * G + b) * OW``. Outputs ``rows[o, g]`` (OH * G * OW) use the same order, so tap
+# ``(i, j)`` of output position ``p`` reads ``planes[g, j, ci, p + i * span]`` with
+# ``span = G * OW``. Work splits into fixed chunks of positions, independent of the
+# thread count.
 
-_CHUNK = 1024
-
-
-@_Twin
-def _to_planes(x, padding, planes):
-    """NCHW ``x`` -> zero-bordered ``planes`` (C, N * Hp * Wp)."""
-    n, c, h, w = x.shape
-    wp = w + 2 * padding
-    size = (h + 2 * padding) * wp
-    for ci in prange(c):
-        if padding:
-            planes[ci] = 0
-        for b in range(n):
-            for r in range(h):
-                base = b * size + (r + padding) * wp + padding
-                for col in range(w):
-                    planes[ci, base + col] = x[b, ci, r, col]
+_CHUNK = 512
+# At most this many images per group: a tap row's shift (``span``) grows with the group,
+# and past a few images the taps of one chunk no longer share the cache.
+_MAX_GROUP = 8
 
 
-@_Twin
-def _from_planes(grad_planes, padding, grad_x):
-    n, c, h, w = grad_x.shape
-    wp = w + 2 * padding
-    size = (h + 2 * padding) * wp
-    for ci in prange(c):
-        for b in range(n):
-            for r in range(h):
-                base = b * size + (r + padding) * wp + padding
-                for col in range(w):
-                    grad_x[b, ci, r, col] = grad_planes[ci, base + col]
+def _group_size(batch_size):
+    """The largest divisor of the batch up to ``_MAX_GROUP``: equal groups, no padding images."""
+    return max(size for size in range(1, _MAX_GROUP + 1) if batch_size % size == 0)
 
 
 @njit(cache=True, inline="always")
-def _shift(t, kw, wp):
-    return (t // kw) * wp + t % kw
+def _copy(dst, src):
+    """Element loops index views by the loop counter alone: an offset index (``start + k``)
+    makes numba check it for negative wraparound on every element, which stops vectorization."""
+    for k in range(dst.size):
+        dst[k] = src[k]
+
+
+@njit(cache=True, inline="always")
+def _add(dst, src):
+    for k in range(dst.size):
+        dst[k] += src[k]
+
+
+@njit(cache=True, inline="always")
+def _fill(dst, value):
+    for k in range(dst.size):
+        dst[k] = value
 
 
 @_Twin
-def _wide_forward(planes, weight, bias, wp, total, y_wide):
-    """y_wide[o, p] = bias[o] + sum over (ci, tap) of weight * planes[ci, p + shift(tap)], p < total."""
+def _to_shifted_planes(x, padding, planes):
+    """NCHW ``x`` -> ``planes[g, j, ci, (r * G + b) * OW + col] = x_padded[g * G + b, ci, r, col + j]``."""
+    n, c, h, w = x.shape
+    groups, kw = planes.shape[0], planes.shape[1]
+    size = n // groups
+    out_w = w + 2 * padding - kw + 1
+    for item in prange(groups * kw * c):
+        g, j, ci = item // (kw * c), (item // c) % kw, item % c
+        plane = planes[g, j, ci]
+        if padding:
+            _fill(plane, 0)
+        lo = max(0, padding - j)  # output columns [lo, hi) read inside x; the rest read padding
+        hi = max(lo, min(out_w, w + padding - j))
+        for r in range(h):
+            for b in range(size):
+                start = ((r + padding) * size + b) * out_w
+                _copy(plane[start + lo:start + hi], x[g * size + b, ci, r, lo + j - padding:hi + j - padding])
+
+
+@_Twin
+def _from_shifted_planes(grad_planes, padding, grad_x):
+    """grad_x[g * G + b, ci, r, col] = sum over j of
+    grad_planes[g, j, ci, ((r + padding) * G + b) * OW + col + padding - j] (where that column exists)."""
+    n, c, h, w = grad_x.shape
+    groups, kw = grad_planes.shape[0], grad_planes.shape[1]
+    size = n // groups
+    out_w = w + 2 * padding - kw + 1
+    for item in prange(n * c):
+        image, ci = item // c, item % c
+        g, b = image // size, image % size
+        for r in range(h):
+            base = ((r + padding) * size + b) * out_w + padding
+            dst = grad_x[image, ci, r]
+            _fill(dst, 0)
+            for j in range(kw):  # fixed order: the same sums whatever the threads
+                lo, hi = max(0, j - padding), max(0, min(w, out_w + j - padding))  # columns inside copy j
+                _add(dst[lo:hi], grad_planes[g, j, ci, base + lo - j:base + hi - j])
+
+
+@njit(cache=True, inline="always")
+def _tap(t, kw):
+    """Tap ``t`` as (i, j), row by row: sums run in torch's order, which keeps float32 results close to its."""
+    return t // kw, t % kw
+
+
+@njit(cache=True, inline="always")
+def _tap_input(planes, g, ci, t, kw, span, p0, length):
+    i, j = _tap(t, kw)
+    start = p0 + i * span
+    return planes[g, j, ci, start:start + length]  # integer indices then one slice: a contiguous view
+
+
+@njit(cache=True, inline="always")
+def _tap_weight(weight, o, ci, t, kw):
+    i, j = _tap(t, kw)
+    return weight[o, ci, i, j]
+
+
+@_Twin
+def _shifted_forward(planes, weight, bias, span, rows):
+    """rows[o, g, p] = bias[o] + sum over (ci, i, j) of weight[o, ci, i, j] * planes[g, j, ci, p + i * span]."""
     out_c, c, kh, kw = weight.shape
     taps = kh * kw
+    groups, total = rows.shape[1], rows.shape[2]
     chunks = (total + _CHUNK - 1) // _CHUNK
-    for item in prange(chunks * out_c):
-        chunk, o = item // out_c, item % out_c
+    for item in prange(groups * chunks * out_c):
+        g, chunk, o = item // (chunks * out_c), (item // out_c) % chunks, item % out_c
         p0 = chunk * _CHUNK
         length = min(_CHUNK, total - p0)
-        row = y_wide[o, p0:p0 + length]
-        row[:] = bias[o]
+        row = rows[o, g, p0:p0 + length]
+        _fill(row, bias[o])
         for ci in range(c):
             t = 0
-            while t + 4 <= taps:  # four taps per pass: one store per four multiply-adds
-                a0, a1 = p0 + _shift(t, kw, wp), p0 + _shift(t + 1, kw, wp)
-                a2, a3 = p0 + _shift(t + 2, kw, wp), p0 + _shift(t + 3, kw, wp)
-                x0, x1 = planes[ci, a0:a0 + length], planes[ci, a1:a1 + length]
-                x2, x3 = planes[ci, a2:a2 + length], planes[ci, a3:a3 + length]
-                w0, w1 = weight[o, ci, t // kw, t % kw], weight[o, ci, (t + 1) // kw, (t + 1) % kw]
-                w2, w3 = weight[o, ci, (t + 2) // kw, (t + 2) % kw], weight[o, ci, (t + 3) // kw, (t + 3) % kw]
+            while t + 5 <= taps:  # five taps per pass (a 5x5 kernel's row): one store per five multiply-adds
+                x0 = _tap_input(planes, g, ci, t, kw, span, p0, length)
+                x1 = _tap_input(planes, g, ci, t + 1, kw, span, p0, length)
+                x2 = _tap_input(planes, g, ci, t + 2, kw, span, p0, length)
+                x3 = _tap_input(planes, g, ci, t + 3, kw, span, p0, length)
+                x4 = _tap_input(planes, g, ci, t + 4, kw, span, p0, length)
+                w0, w1 = _tap_weight(weight, o, ci, t, kw), _tap_weight(weight, o, ci, t + 1, kw)
+                w2, w3 = _tap_weight(weight, o, ci, t + 2, kw), _tap_weight(weight, o, ci, t + 3, kw)
+                w4 = _tap_weight(weight, o, ci, t + 4, kw)
                 for p in range(length):
-                    row[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p]
-                t += 4
+                    row[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p] + w4 * x4[p]
+                t += 5
             while t < taps:
-                a0 = p0 + _shift(t, kw, wp)
-                x0, w0 = planes[ci, a0:a0 + length], weight[o, ci, t // kw, t % kw]
+                x0, w0 = _tap_input(planes, g, ci, t, kw, span, p0, length), _tap_weight(weight, o, ci, t, kw)
                 for p in range(length):
                     row[p] += w0 * x0[p]
                 t += 1
@@ -136,101 +199,106 @@ def _wide_forward(planes, weight, bias, wp, total, y_wide):
 
 @njit(cache=True, inline="always")
 def _store_taps(kernel, t, kw, v0, v1, v2, v3):
-    kernel[t // kw, t % kw] = v0
-    kernel[(t + 1) // kw, (t + 1) % kw] = v1
-    kernel[(t + 2) // kw, (t + 2) % kw] = v2
-    kernel[(t + 3) // kw, (t + 3) % kw] = v3
+    kernel[_tap(t, kw)] = v0
+    kernel[_tap(t + 1, kw)] = v1
+    kernel[_tap(t + 2, kw)] = v2
+    kernel[_tap(t + 3, kw)] = v3
 
 
 @_Twin
-def _wide_grad_weight(planes, grad_ext, margin, wp, total, kh, kw, partial):
-    """partial[chunk, o, ci, tap] = sum over the chunk's p of grad_wide[o, p] * planes[ci, p + shift(tap)].
+def _shifted_grad_weight(planes, grad_rows, span, partial):
+    """partial[g * chunks + chunk, o, ci, i, j] = sum over the chunk's p of
+    grad_rows[o, g, p] * planes[g, j, ci, p + i * span].
 
-    ``grad_wide[o, p]`` is ``grad_ext[o, margin + p]``. Blocks of 2 outputs x 4 taps
-    share their loads across eight running sums.
+    Blocks of 2 outputs x 4 taps share their loads across eight running sums.
     """
-    out_c, c = grad_ext.shape[0], planes.shape[0]
+    _, out_c, c, kh, kw = partial.shape
     taps = kh * kw
+    groups, total = grad_rows.shape[1], grad_rows.shape[2]
     chunks = (total + _CHUNK - 1) // _CHUNK
     pairs = (out_c + 1) // 2
-    zero = grad_ext.dtype.type(0)
-    for item in prange(chunks * pairs):
-        chunk, o = item // pairs, 2 * (item % pairs)
+    zero = grad_rows.dtype.type(0)
+    for item in prange(groups * chunks * pairs):
+        g, chunk, o = item // (chunks * pairs), (item // pairs) % chunks, 2 * (item % pairs)
+        part = g * chunks + chunk
         p0 = chunk * _CHUNK
         length = min(_CHUNK, total - p0)
         o2 = min(o + 1, out_c - 1)  # a lone last output computes its sums twice
-        g, h = grad_ext[o, margin + p0:margin + p0 + length], grad_ext[o2, margin + p0:margin + p0 + length]
+        gr, hr = grad_rows[o, g, p0:p0 + length], grad_rows[o2, g, p0:p0 + length]
         for ci in range(c):
             t = 0
             while t + 4 <= taps:
-                s0, s1 = p0 + _shift(t, kw, wp), p0 + _shift(t + 1, kw, wp)
-                s2, s3 = p0 + _shift(t + 2, kw, wp), p0 + _shift(t + 3, kw, wp)
-                v0, v1 = planes[ci, s0:s0 + length], planes[ci, s1:s1 + length]
-                v2, v3 = planes[ci, s2:s2 + length], planes[ci, s3:s3 + length]
+                v0 = _tap_input(planes, g, ci, t, kw, span, p0, length)
+                v1 = _tap_input(planes, g, ci, t + 1, kw, span, p0, length)
+                v2 = _tap_input(planes, g, ci, t + 2, kw, span, p0, length)
+                v3 = _tap_input(planes, g, ci, t + 3, kw, span, p0, length)
                 a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
                 for p in range(length):
                     x0, x1, x2, x3 = v0[p], v1[p], v2[p], v3[p]
-                    a0 += g[p] * x0
-                    a1 += g[p] * x1
-                    a2 += g[p] * x2
-                    a3 += g[p] * x3
-                    b0 += h[p] * x0
-                    b1 += h[p] * x1
-                    b2 += h[p] * x2
-                    b3 += h[p] * x3
-                _store_taps(partial[chunk, o, ci], t, kw, a0, a1, a2, a3)
-                _store_taps(partial[chunk, o2, ci], t, kw, b0, b1, b2, b3)
+                    a0 += gr[p] * x0
+                    a1 += gr[p] * x1
+                    a2 += gr[p] * x2
+                    a3 += gr[p] * x3
+                    b0 += hr[p] * x0
+                    b1 += hr[p] * x1
+                    b2 += hr[p] * x2
+                    b3 += hr[p] * x3
+                _store_taps(partial[part, o, ci], t, kw, a0, a1, a2, a3)
+                _store_taps(partial[part, o2, ci], t, kw, b0, b1, b2, b3)
                 t += 4
             while t < taps:
-                s0 = p0 + _shift(t, kw, wp)
-                v0 = planes[ci, s0:s0 + length]
+                v0 = _tap_input(planes, g, ci, t, kw, span, p0, length)
                 a0 = b0 = zero
                 for p in range(length):
-                    a0 += g[p] * v0[p]
-                    b0 += h[p] * v0[p]
-                partial[chunk, o, ci, t // kw, t % kw] = a0
-                partial[chunk, o2, ci, t // kw, t % kw] = b0
+                    a0 += gr[p] * v0[p]
+                    b0 += hr[p] * v0[p]
+                partial[part, o, ci][_tap(t, kw)] = a0
+                partial[part, o2, ci][_tap(t, kw)] = b0
                 t += 1
 
 
 @_Twin
-def _wide_grad_input(grad_ext, weight, margin, wp, grad_planes):
-    """grad_planes[ci, q] = sum over (o, tap) of weight * grad_wide[o, q - shift(tap)] (zero outside)."""
+def _shifted_grad_input(grad_rows, weight, span, grad_planes):
+    """grad_planes[g, j, ci, q] = sum over (o, i) of weight[o, ci, i, j] * grad_rows[o, g, q - i * span]
+    (zero outside)."""
     out_c, c, kh, kw = weight.shape
-    taps = kh * kw
-    full = grad_planes.shape[1]
+    total = grad_rows.shape[2]
+    groups, full = grad_planes.shape[0], grad_planes.shape[3]
     chunks = (full + _CHUNK - 1) // _CHUNK
-    for item in prange(chunks * c):
-        chunk, ci = item // c, item % c
+    for item in prange(groups * chunks * kw * c):
+        g, chunk = item // (chunks * kw * c), (item // (kw * c)) % chunks
+        j, ci = (item // c) % kw, item % c
         q0 = chunk * _CHUNK
         length = min(_CHUNK, full - q0)
-        row = grad_planes[ci, q0:q0 + length]
-        row[:] = 0
-        for o in range(out_c):
-            t = 0
-            while t + 4 <= taps:
-                s0, s1 = q0 + margin - _shift(t, kw, wp), q0 + margin - _shift(t + 1, kw, wp)
-                s2, s3 = q0 + margin - _shift(t + 2, kw, wp), q0 + margin - _shift(t + 3, kw, wp)
-                g0, g1 = grad_ext[o, s0:s0 + length], grad_ext[o, s1:s1 + length]
-                g2, g3 = grad_ext[o, s2:s2 + length], grad_ext[o, s3:s3 + length]
-                w0, w1 = weight[o, ci, t // kw, t % kw], weight[o, ci, (t + 1) // kw, (t + 1) % kw]
-                w2, w3 = weight[o, ci, (t + 2) // kw, (t + 2) % kw], weight[o, ci, (t + 3) // kw, (t + 3) % kw]
-                for q in range(length):
-                    row[q] += w0 * g0[q] + w1 * g1[q] + w2 * g2[q] + w3 * g3[q]
-                t += 4
-            while t < taps:
-                s0 = q0 + margin - _shift(t, kw, wp)
-                g0, w0 = grad_ext[o, s0:s0 + length], weight[o, ci, t // kw, t % kw]
-                for q in range(length):
-                    row[q] += w0 * g0[q]
-                t += 1
+        row = grad_planes[g, j, ci, q0:q0 + length]
+        _fill(row, 0)
+        for i in range(kh):
+            lo, hi = max(q0, i * span), min(q0 + length, i * span + total)  # where tap row i reaches
+            if lo >= hi:
+                continue
+            part = row[lo - q0:hi - q0]
+            s = lo - i * span
+            o = 0
+            while o + 4 <= out_c:  # four outputs per pass: one store per four multiply-adds
+                g0, g1 = grad_rows[o, g, s:s + hi - lo], grad_rows[o + 1, g, s:s + hi - lo]
+                g2, g3 = grad_rows[o + 2, g, s:s + hi - lo], grad_rows[o + 3, g, s:s + hi - lo]
+                w0, w1 = weight[o, ci, i, j], weight[o + 1, ci, i, j]
+                w2, w3 = weight[o + 2, ci, i, j], weight[o + 3, ci, i, j]
+                for q in range(hi - lo):
+                    part[q] += w0 * g0[q] + w1 * g1[q] + w2 * g2[q] + w3 * g3[q]
+                o += 4
+            while o < out_c:
+                g0, w0 = grad_rows[o, g, s:s + hi - lo], weight[o, ci, i, j]
+                for q in range(hi - lo):
+                    part[q] += w0 * g0[q]
+                o += 1
 
 
 @_kernel()
 def _sum_leading(parts, total):
     """total = parts[0] + parts[1] + ... in order (deterministic)."""
     flat_total = total.ravel()
-    flat_total[:] = 0
+    _fill(flat_total, 0)
     for k in range(parts.shape[0]):
         part = parts[k].ravel()
         for i in range(flat_total.size):
@@ -238,70 +306,80 @@ def _sum_leading(parts, total):
 
 
 @_kernel()
-def _row_sums(grad_ext, margin, total, out):
-    for o in range(grad_ext.shape[0]):
-        row = grad_ext[o, margin:margin + total]
-        acc = grad_ext.dtype.type(0)
-        for p in range(total):
+def _row_sums(rows, out):
+    for o in range(rows.shape[0]):
+        row = rows[o].ravel()
+        acc = rows.dtype.type(0)
+        for p in range(row.size):
             acc += row[p]
         out[o] = acc
 
 
 @_Twin
-def _unwide(y_wide, wp, size, y):
+def _from_rows(rows, y):
+    """NCHW ``y`` from ``rows[o, g, (oh * G + b) * OW + ow]``."""
     n, out_c, out_h, out_w = y.shape
+    size = n // rows.shape[1]
     for item in prange(n * out_c):
-        b, o = item // out_c, item % out_c
+        image, o = item // out_c, item % out_c
+        g, b = image // size, image % size
         for oh in range(out_h):
-            for ow in range(out_w):
-                y[b, o, oh, ow] = y_wide[o, b * size + oh * wp + ow]
+            start = (oh * size + b) * out_w
+            _copy(y[image, o, oh], rows[o, g, start:start + out_w])
 
 
 @_Twin
-def _relu_max_pool_wide(y_wide, wp, size, pool_kernel, pool_stride, y, indices):
-    """ReLU then max-pool, read straight from the wide rows; ``indices`` are wide positions.
+def _relu_max_pool_rows(rows, out_w, pool_kernel, pool_stride, y, indices):
+    """ReLU then max-pool, read straight from ``rows``; ``indices`` are positions in the group's rows.
 
     Pooling the raw conv output and clamping at zero afterwards equals pooling the
     ReLU output, and wherever the two argmaxes could differ (window max <= 0) the
     gradient is zero either way.
     """
     n, out_c, pool_h, pool_w = y.shape
+    size = n // rows.shape[1]
     for item in prange(n * out_c):
-        b, o = item // out_c, item % out_c
+        image, o = item // out_c, item % out_c
+        row = rows[o, image // size]
+        b = image % size
         for ph in range(pool_h):
             for pw in range(pool_w):
-                best_at = b * size + ph * pool_stride * wp + pw * pool_stride
-                best = y_wide[o, best_at]
+                best_at = (ph * pool_stride * size + b) * out_w + pw * pool_stride
+                best = row[best_at]
                 for i in range(pool_kernel):
                     for j in range(pool_kernel):
-                        at = b * size + (ph * pool_stride + i) * wp + pw * pool_stride + j
-                        if y_wide[o, at] > best:  # strict: the first maximum wins, as in torch
-                            best, best_at = y_wide[o, at], at
-                y[b, o, ph, pw] = best if best > 0 else 0
-                indices[b, o, ph, pw] = best_at
+                        at = ((ph * pool_stride + i) * size + b) * out_w + pw * pool_stride + j
+                        if row[at] > best:  # strict: the first maximum wins, as in torch
+                            best, best_at = row[at], at
+                y[image, o, ph, pw] = best if best > 0 else 0
+                indices[image, o, ph, pw] = best_at
 
 
 @_kernel()
-def _grad_ext_from_pool(grad_y, pool_y, indices, margin, grad_ext):
+def _grad_rows_from_pool(grad_y, pool_y, indices, grad_rows):
     n, out_c, pool_h, pool_w = grad_y.shape
-    grad_ext[:] = 0
-    for b in range(n):
+    size = n // grad_rows.shape[1]
+    _fill(grad_rows.ravel(), 0)
+    for image in range(n):
         for o in range(out_c):
+            row = grad_rows[o, image // size]
             for ph in range(pool_h):
+                grad, kept, at = grad_y[image, o, ph], pool_y[image, o, ph], indices[image, o, ph]
                 for pw in range(pool_w):
-                    if pool_y[b, o, ph, pw] > 0:
-                        grad_ext[o, margin + indices[b, o, ph, pw]] += grad_y[b, o, ph, pw]
+                    if kept[pw] > 0:
+                        row[at[pw]] += grad[pw]
 
 
 @_kernel()
-def _grad_ext_from_conv(grad_y, wp, size, margin, grad_ext):
+def _grad_rows_from_conv(grad_y, grad_rows):
     n, out_c, out_h, out_w = grad_y.shape
-    grad_ext[:] = 0
-    for b in range(n):
+    size = n // grad_rows.shape[1]
+    for image in range(n):
+        g, b = image // size, image % size
         for o in range(out_c):
             for oh in range(out_h):
-                for ow in range(out_w):
-                    grad_ext[o, margin + b * size + oh * wp + ow] = grad_y[b, o, oh, ow]
+                start = (oh * size + b) * out_w
+                _copy(grad_rows[o, g, start:start + out_w], grad_y[image, o, oh])
 
 
 # ---- any-stride convolution (direct loops; not on the tutorial's path) -----------------
@@ -559,19 +637,20 @@ def _flat(arrays):
     return tuple(array.reshape(-1) for array in arrays)
 
 
-class _WideGeometry:
-    """Sizes of the wide-plane layout for a stride-1 convolution."""
+class _ShiftedGeometry:
+    """Sizes of the shifted-plane layout for a stride-1 convolution."""
 
     def __init__(self, x_shape, weight_shape, padding):
-        n, _, h, w = x_shape
+        n, c, h, w = x_shape
         _, _, kh, kw = weight_shape
-        self.padding = padding
-        self.wp = w + 2 * padding
-        self.size = (h + 2 * padding) * self.wp  # one padded plane
-        self.full = n * self.size  # all images' planes
+        self.x_shape, self.padding = x_shape, padding
         self.out_hw = (h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
-        self.margin = (kh - 1) * self.wp + kw - 1  # largest tap shift
-        self.total = self.full - self.margin  # wide positions covering every output pixel
+        size = _group_size(n)
+        self.groups = n // size
+        self.span = size * self.out_hw[1]  # one output row of every image in a group: the shift of one tap row
+        self.total = self.out_hw[0] * self.span  # a group's output pixels
+        self.planes_shape = (self.groups, kw, c, (h + 2 * padding) * self.span)
+        self.rows_shape = (weight_shape[0], self.groups, self.total)
 
 
 class NumbaBackend(NumpyBackend):
@@ -583,9 +662,9 @@ class NumbaBackend(NumpyBackend):
         x = np.ascontiguousarray(x)
         threaded = _threaded(x.shape[0])
         if stride == 1:
-            y_wide, geometry = self._wide_forward(x, weight, bias, padding, threaded)
+            rows, _, geometry = self._shifted_forward(x, weight, bias, padding, threaded)
             y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
-            _unwide.run(threaded, y_wide, geometry.wp, geometry.size, y)
+            _from_rows.run(threaded, rows, y)
             return y
         n, _, h, w = x.shape
         out_c, _, kh, kw = weight.shape
@@ -600,10 +679,11 @@ class NumbaBackend(NumpyBackend):
         x = np.ascontiguousarray(x)
         threaded = _threaded(x.shape[0])
         if stride == 1:
-            geometry = _WideGeometry(x.shape, weight.shape, padding)
-            grad_ext = np.empty((weight.shape[0], geometry.margin + geometry.full), dtype=x.dtype)
-            _grad_ext_from_conv(grad_y, geometry.wp, geometry.size, geometry.margin, grad_ext)
-            return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded)
+            geometry = _ShiftedGeometry(x.shape, weight.shape, padding)
+            grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+            _grad_rows_from_conv(grad_y, grad_rows)
+            planes = self._shifted_planes(x, geometry, threaded)
+            return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded)
         grad_weight = np.empty_like(weight)
         grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
         _conv2d_grad_weight.run(threaded, x, grad_y, stride, padding, grad_weight, grad_bias)
@@ -619,56 +699,57 @@ class NumbaBackend(NumpyBackend):
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
         threaded = _threaded(x.shape[0])
-        y_wide, geometry = self._wide_forward(np.ascontiguousarray(x), weight, bias, padding, threaded)
+        rows, planes, geometry = self._shifted_forward(np.ascontiguousarray(x), weight, bias, padding, threaded)
         out_h, out_w = geometry.out_hw
         shape = (x.shape[0], weight.shape[0], (out_h - pool_kernel) // pool_stride + 1,
                  (out_w - pool_kernel) // pool_stride + 1)
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
-        _relu_max_pool_wide.run(threaded, y_wide, geometry.wp, geometry.size, pool_kernel, pool_stride, y, indices)
-        return y, (y, indices)
+        _relu_max_pool_rows.run(threaded, rows, out_w, pool_kernel, pool_stride, y, indices)
+        return y, (y, indices, planes)  # the planes again serve the weight gradient
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
                                         need_input_grad=True):
         if stride != 1:
             return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding,
                                                            pool_kernel, pool_stride, need_input_grad)
-        pool_y, indices = saved
-        x = np.ascontiguousarray(x)
-        threaded = _threaded(x.shape[0])
-        geometry = _WideGeometry(x.shape, weight.shape, padding)
-        grad_ext = np.empty((weight.shape[0], geometry.margin + geometry.full), dtype=x.dtype)
-        _grad_ext_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, geometry.margin, grad_ext)
-        return self._wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded)
+        pool_y, indices, planes = saved
+        geometry = _ShiftedGeometry(x.shape, weight.shape, padding)
+        grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+        _grad_rows_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, grad_rows)
+        return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, _threaded(x.shape[0]))
 
     @staticmethod
-    def _wide_forward(x, weight, bias, padding, threaded):
-        geometry = _WideGeometry(x.shape, weight.shape, padding)
-        planes = np.empty((x.shape[1], geometry.full), dtype=x.dtype)
-        _to_planes.run(threaded, x, padding, planes)
-        y_wide = np.empty((weight.shape[0], geometry.total), dtype=x.dtype)
-        _wide_forward.run(threaded, planes, weight, bias, geometry.wp, geometry.total, y_wide)
-        return y_wide, geometry
+    def _shifted_planes(x, geometry, threaded):
+        planes = np.empty(geometry.planes_shape, dtype=x.dtype)
+        _to_shifted_planes.run(threaded, x, geometry.padding, planes)
+        return planes
+
+    @classmethod
+    def _shifted_forward(cls, x, weight, bias, padding, threaded):
+        """Return (rows, planes, geometry): the output on rows, and the shifted planes it read."""
+        geometry = _ShiftedGeometry(x.shape, weight.shape, padding)
+        planes = cls._shifted_planes(x, geometry, threaded)
+        rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+        _shifted_forward.run(threaded, planes, weight, bias, geometry.span, rows)
+        return rows, planes, geometry
 
     @staticmethod
-    def _wide_backward(x, weight, grad_ext, geometry, need_input_grad, threaded):
-        """Gradients from ``grad_ext``: the output gradient on wide rows after ``margin`` zeros."""
-        out_c, _, kh, kw = weight.shape
-        planes = np.empty((x.shape[1], geometry.full), dtype=x.dtype)
-        _to_planes.run(threaded, x, geometry.padding, planes)
-        chunks = -(-geometry.total // _CHUNK)
-        partial = np.empty((chunks,) + weight.shape, dtype=x.dtype)
-        _wide_grad_weight.run(threaded, planes, grad_ext, geometry.margin, geometry.wp, geometry.total, kh, kw, partial)
+    def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded):
+        """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows."""
+        parts = geometry.groups * -(-geometry.total // _CHUNK)
+        partial = np.empty((parts,) + weight.shape, dtype=weight.dtype)
+        _shifted_grad_weight.run(threaded, planes, grad_rows, geometry.span, partial)
         grad_weight = np.empty_like(weight)
         _sum_leading(partial, grad_weight)
-        grad_bias = np.empty(out_c, dtype=x.dtype)
-        _row_sums(grad_ext, geometry.margin, geometry.total, grad_bias)
+        grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
+        _row_sums(grad_rows, grad_bias)
         grad_x = None
         if need_input_grad:
             grad_planes = np.empty_like(planes)
-            _wide_grad_input.run(threaded, grad_ext, weight, geometry.margin, geometry.wp, grad_planes)
-            grad_x = np.empty_like(x)
-            _from_planes.run(threaded, grad_planes, geometry.padding, grad_x)
+            _shifted_grad_input.run(threaded, grad_rows, weight, geometry.span, grad_planes)
+            grad_x = np.empty(geometry.x_shape, dtype=planes.dtype)
+            _from_shifted_planes.run(threaded, grad_planes, geometry.padding, grad_x)
         return grad_x, grad_weight, grad_bias
 
     def max_pool2d_forward(self, x, kernel, stride):

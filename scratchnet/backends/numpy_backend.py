@@ -27,7 +27,11 @@ class NumpyBackend:
         return np.asarray(array)
 
     def check_array(self, array, what):
-        """Refuse arrays that live on another device instead of copying silently."""
+        """Refuse arrays that live on another device instead of copying silently.
+
+        ``what`` names the caller; it is formatted only for the error message, so a
+        module can pass itself and skip building its repr on every call.
+        """
         if not isinstance(array, (np.ndarray, np.generic)):
             raise TypeError(
                 f"{what}: the {self.name} backend takes numpy arrays, got {type(array).__module__}."
