@@ -171,6 +171,12 @@ def _float_dtype(target):
     return dtype
 
 
+def _param_grads(layer):
+    """Where a backward adds ``layer``'s weight and bias gradients: the backend writes them
+    straight into ``.grad`` (accumulating, as autograd does), with no temporaries."""
+    return layer.weight.grad, (layer.bias.grad if layer.bias is not None else None)
+
+
 def _pair(value, what):
     if isinstance(value, int):
         return value, value
@@ -231,12 +237,9 @@ class Conv2d(Module):
     def backward(self, grad_out):
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, self._y_shape)
-        grad_x, grad_w, grad_b = self.backend.conv2d_backward(
-            x, self.weight.data, grad_out, self.stride, self.padding, self.need_input_grad
+        grad_x, _, _ = self.backend.conv2d_backward(
+            x, self.weight.data, grad_out, self.stride, self.padding, self.need_input_grad, *_param_grads(self)
         )
-        self.weight.grad += grad_w
-        if self.bias is not None:
-            self.bias.grad += grad_b
         return grad_x
 
 
@@ -256,20 +259,51 @@ class Linear(Module):
         return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
 
     def forward(self, x):
-        self._check_input(x, 2, "(N, features)")
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"{self!r} expects {self.in_features} input features, got input of shape {tuple(x.shape)}")
+        self._check_linear_input(x)
         self._x = x
         bias = self.bias.data if self.bias is not None else None
         return self.backend.linear_forward(x, self.weight.data, bias)
 
+    def _check_linear_input(self, x):
+        self._check_input(x, 2, "(N, features)")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects {self.in_features} input features, got input of shape {tuple(x.shape)}")
+
     def backward(self, grad_out):
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, (x.shape[0], self.out_features))
-        grad_x, grad_w, grad_b = self.backend.linear_backward(x, self.weight.data, grad_out, self.need_input_grad)
-        self.weight.grad += grad_w
-        if self.bias is not None:
-            self.bias.grad += grad_b
+        grad_x, _, _ = self.backend.linear_backward(x, self.weight.data, grad_out, self.need_input_grad,
+                                                    *_param_grads(self))
+        return grad_x
+
+
+class LinearReLU(Module):
+    """``relu(linear(x))`` as one layer: one backend call each way instead of two.
+
+    It wraps an existing ``linear`` layer, so parameters keep its names and the
+    results equal running the two layers in sequence.
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+
+    def __repr__(self):
+        return f"LinearReLU({self.linear!r})"
+
+    def forward(self, x):
+        linear = self.linear
+        linear._check_linear_input(x)
+        self._x = x
+        bias = linear.bias.data if linear.bias is not None else None
+        self._y = self.backend.linear_relu_forward(x, linear.weight.data, bias)
+        return self._y
+
+    def backward(self, grad_out):
+        x, linear = self._saved("_x"), self.linear
+        grad_out = self._grad_out(grad_out, self._y.shape)
+        grad_x, _, _ = self.backend.linear_relu_backward(
+            x, linear.weight.data, self._y, grad_out, linear.need_input_grad, *_param_grads(linear))
         return grad_x
 
 
@@ -330,12 +364,9 @@ class Conv2dReLUMaxPool2d(Module):
     def backward(self, grad_out):
         x, conv, pool = self._saved("_x"), self.conv, self.pool
         grad_out = self._grad_out(grad_out, self._y_shape)
-        grad_x, grad_w, grad_b = self.backend.conv2d_relu_max_pool2d_backward(
+        grad_x, _, _ = self.backend.conv2d_relu_max_pool2d_backward(
             x, conv.weight.data, self._saved_for_backward, grad_out, conv.stride, conv.padding,
-            pool.kernel_size, pool.stride, conv.need_input_grad)
-        conv.weight.grad += grad_w
-        if conv.bias is not None:
-            conv.bias.grad += grad_b
+            pool.kernel_size, pool.stride, conv.need_input_grad, *_param_grads(conv))
         return grad_x
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import TOLERANCE, check_module_against_torch, relative_error
-from scratchnet import nn
+from scratchnet import nn, optim
+from scratchnet.models import Net
 
 CASES = 50
 DTYPES = [np.float32, np.float64]
@@ -87,6 +88,8 @@ def test_linear_matches_torch(backend, dtype, error_report):
         x = rng.standard_normal((n, fin)).astype(dtype)
         params = [("weight", linear.weight)] + ([("bias", linear.bias)] if has_bias else [])
         check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, "linear", params)
+        check_module_against_torch(nn.LinearReLU(linear).to(backend.name), lambda *args: F.relu(F.linear(*args)),
+                                   x, backend, dtype, error_report, "linear+relu", params)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -125,19 +128,24 @@ def test_cross_entropy_matches_torch(backend, dtype, scale, error_report):
             assert error <= TOLERANCE[dtype]
 
 
-def test_gradients_accumulate_until_zero_grad(backend):
+@pytest.mark.parametrize("make", [lambda: (nn.Conv2d(2, 3, 3, seed=0), (2, 2, 6, 6)),
+                                  lambda: (Net(seed=0), (2, 3, 32, 32))], ids=["conv2d", "net"])
+def test_gradients_accumulate_until_zero_grad(backend, make):
     rng = np.random.default_rng(3)
-    conv = nn.Conv2d(2, 3, 3, seed=0).to(backend.name)
-    x = backend.asarray(rng.standard_normal((2, 2, 6, 6)).astype(np.float32))
-    grad_y = backend.asarray(np.ones((2, 3, 4, 4), dtype=np.float32))
-    conv(x)
-    conv.backward(grad_y)
-    once = backend.to_numpy(conv.weight.grad).copy()
-    conv(x)
-    conv.backward(grad_y)
-    np.testing.assert_allclose(backend.to_numpy(conv.weight.grad), 2 * once, rtol=1e-5)
-    conv.zero_grad()
-    assert not backend.to_numpy(conv.weight.grad).any()
+    module, x_shape = make()
+    module = module.to(backend.name)
+    x = backend.asarray(rng.standard_normal(x_shape).astype(np.float32))
+    grad_y = backend.asarray(np.ones(tuple(module(x).shape), dtype=np.float32))
+    module.backward(grad_y)
+    once = [backend.to_numpy(p.grad).copy() for p in module.parameters()]
+    module(x)
+    module.backward(grad_y)
+    for param, grad in zip(module.parameters(), once):
+        np.testing.assert_allclose(backend.to_numpy(param.grad), 2 * grad, rtol=1e-5, atol=1e-6)
+    for zero_grad in (optim.SGD(module.parameters(), lr=0.1).zero_grad, module.zero_grad):
+        zero_grad()
+        assert not any(backend.to_numpy(p.grad).any() for p in module.parameters())
+        module.backward(grad_y)
 
 
 def test_float64_stays_float64(backend):

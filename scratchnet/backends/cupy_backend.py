@@ -19,7 +19,7 @@ import cupy as cp
 import numpy as np
 
 from scratchnet.backends import BackendError, cuda_sources
-from scratchnet.backends.numpy_backend import NumpyBackend
+from scratchnet.backends.numpy_backend import NumpyBackend, accumulate
 
 _THREADS = 256
 # Enough blocks to fill any current GPU; grid-stride loops cover the rest.
@@ -122,8 +122,14 @@ class CupyBackend:
                 rows, bias_arg, y, *_ints(n, out_c, out_h * out_w), has_bias))
         return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True):
-        """Return (grad_x or None, grad_weight, grad_bias)."""
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True, grad_weight=None,
+                        grad_bias=None):
+        """As NumpyBackend's: given ``grad_weight`` / ``grad_bias``, the gradients are added into them."""
+        grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, stride, padding, need_input_grad)
+        return grad_x, accumulate(grad_weight, weight_sum), accumulate(grad_bias, bias_sum)
+
+    def _conv2d_gradients(self, x, weight, grad_y, stride, padding, need_input_grad):
+        """Return (grad_x or None, grad_weight, grad_bias), all new arrays."""
         x, weight, grad_y = (cp.ascontiguousarray(a) for a in (x, weight, grad_y))
         n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
         sizes = _ints(n, c, h, w, out_c, kh, kw, out_h, out_w, stride, padding)
@@ -209,14 +215,15 @@ class CupyBackend:
     def linear_forward(self, x, weight, bias):
         return self._matmul(x, weight.T, bias)
 
-    def linear_backward(self, x, weight, grad_y, need_input_grad=True):
+    def linear_backward(self, x, weight, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
+        """As NumpyBackend's: given ``grad_weight`` / ``grad_bias``, the gradients are added into them."""
         grad_y = cp.ascontiguousarray(grad_y)
         rows, features = grad_y.shape
         grad_x = self._matmul(grad_y, weight) if need_input_grad else None
-        grad_bias = cp.empty(features, dtype=grad_y.dtype)
+        bias_sum = cp.empty(features, dtype=grad_y.dtype)
         self._launch_blocks(grad_y.dtype, "reduce_sum", features, (
-            grad_y, grad_bias, np.int64(rows), np.int64(features), np.int64(1)))
-        return grad_x, self._matmul(grad_y.T, x), grad_bias
+            grad_y, bias_sum, np.int64(rows), np.int64(features), np.int64(1)))
+        return grad_x, accumulate(grad_weight, self._matmul(grad_y.T, x)), accumulate(grad_bias, bias_sum)
 
     # ---- loss --------------------------------------------------------------------
 
@@ -243,6 +250,8 @@ class CupyBackend:
     # The composed versions call only this backend's own primitives, so they run on the GPU.
     conv2d_relu_max_pool2d_forward = NumpyBackend.conv2d_relu_max_pool2d_forward
     conv2d_relu_max_pool2d_backward = NumpyBackend.conv2d_relu_max_pool2d_backward
+    linear_relu_forward = NumpyBackend.linear_relu_forward
+    linear_relu_backward = NumpyBackend.linear_relu_backward
 
     # ---- optimizer -----------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from scratchnet.backends.numpy_backend import NumpyBackend
+from scratchnet.backends.numpy_backend import NumpyBackend, accumulate
 
 _FLAGS = {"contract", "reassoc"}
 
@@ -295,24 +295,24 @@ def _shifted_grad_input(grad_rows, weight, span, grad_planes):
 
 
 @_kernel()
-def _sum_leading(parts, total):
-    """total = parts[0] + parts[1] + ... in order (deterministic)."""
+def _add_sum_leading(parts, total):
+    """total += parts[0] + parts[1] + ..., summed in order (deterministic), then added (as autograd does)."""
     flat_total = total.ravel()
-    _fill(flat_total, 0)
+    acc = np.zeros_like(flat_total)
     for k in range(parts.shape[0]):
-        part = parts[k].ravel()
-        for i in range(flat_total.size):
-            flat_total[i] += part[i]
+        _add(acc, parts[k].ravel())
+    _add(flat_total, acc)
 
 
 @_kernel()
-def _row_sums(rows, out):
+def _add_row_sums(rows, out):
+    """out[o] += the sum of rows[o]."""
     for o in range(rows.shape[0]):
         row = rows[o].ravel()
         acc = rows.dtype.type(0)
         for p in range(row.size):
             acc += row[p]
-        out[o] = acc
+        out[o] += acc
 
 
 @_Twin
@@ -353,6 +353,38 @@ def _relu_max_pool_rows(rows, out_w, pool_kernel, pool_stride, y, indices):
                             best, best_at = row[at], at
                 y[image, o, ph, pw] = best if best > 0 else 0
                 indices[image, o, ph, pw] = best_at
+
+
+@njit(cache=True, inline="always")
+def _first_max_step(best, best_tap, value, tap):
+    """One step of a window scan: strict, so the first maximum wins, as in torch."""
+    better = value > best
+    return (value if better else best), (tap if better else best_tap)
+
+
+@_Twin
+def _relu_max_pool_rows_2x2(rows, out_w, y, indices):
+    """``_relu_max_pool_rows`` for the tutorial's 2x2 windows at stride 2, as selects over whole
+    output rows: it vectorizes, where the general kernel's per-window branches mispredict on
+    about every other comparison. Same scan order, so the same results."""
+    n, out_c, pool_h, pool_w = y.shape
+    size = n // rows.shape[1]
+    below = size * out_w  # from a row of an image to its next row
+    for item in prange(n * out_c):
+        image, o = item // out_c, item % out_c
+        row = rows[o, image // size]
+        b = image % size
+        for ph in range(pool_h):
+            top = (2 * ph * size + b) * out_w
+            upper, lower = row[top:top + 2 * pool_w], row[top + below:top + below + 2 * pool_w]
+            y_row, indices_row = y[image, o, ph], indices[image, o, ph]
+            for pw in range(pool_w):
+                best, tap = upper[2 * pw], 0
+                best, tap = _first_max_step(best, tap, upper[2 * pw + 1], 1)
+                best, tap = _first_max_step(best, tap, lower[2 * pw], 2)
+                best, tap = _first_max_step(best, tap, lower[2 * pw + 1], 3)
+                y_row[pw] = best if best > 0 else 0
+                indices_row[pw] = top + 2 * pw + (tap & 1) + (tap >> 1) * below
 
 
 @_kernel()
@@ -537,13 +569,21 @@ def _linear_forward(x, weight, bias, relu, y):
 
 
 @_Twin
-def _linear_backward(x, weight, grad_y, need_input_grad, grad_x, grad_weight, grad_bias):
-    """Rows of grad_weight and grad_x as sums of scaled rows, four rows per pass."""
+def _linear_backward(x, weight, relu_y, grad_y, need_input_grad, grad_x, grad_weight, grad_bias):
+    """Rows of grad_weight and grad_x as sums of scaled rows, four rows per pass. The weight
+    and bias gradients are *added* to ``grad_weight`` and ``grad_bias``.
+
+    With a ReLU's output ``relu_y`` (an empty array when there was no ReLU), ``grad_y``
+    is the ReLU's output gradient and is masked first.
+    """
     n, in_f = x.shape
     out_f = weight.shape[0]
+    if relu_y.size:
+        masked = np.empty_like(grad_y)
+        _relu_backward(grad_y, relu_y, masked)
+        grad_y = masked
     for o in prange(out_f):
         row = grad_weight[o]
-        row[:] = 0
         b = 0
         while b + 4 <= n:
             g0, g1, g2, g3 = grad_y[b, o], grad_y[b + 1, o], grad_y[b + 2, o], grad_y[b + 3, o]
@@ -558,7 +598,7 @@ def _linear_backward(x, weight, grad_y, need_input_grad, grad_x, grad_weight, gr
         total = grad_y.dtype.type(0)
         for b in range(n):
             total += grad_y[b, o]
-        grad_bias[o] = total
+        grad_bias[o] += total
     if need_input_grad:
         for b in prange(n):
             row = grad_x[b]
@@ -632,9 +672,8 @@ def _sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, neste
         _sgd_step(params[k], grads[k], bufs[k], lr, momentum, dampening, weight_decay, nesterov, first)
 
 
-def _flat(arrays):
-    """1-D views, so that arrays of any shapes make one tuple type (one compiled ``_sgd_steps``)."""
-    return tuple(array.reshape(-1) for array in arrays)
+# Flat views kept for at most this many lists of arrays: an optimizer passes the same three every step.
+_FLAT_VIEWS_KEPT = 16
 
 
 class _ShiftedGeometry:
@@ -656,6 +695,21 @@ class _ShiftedGeometry:
 class NumbaBackend(NumpyBackend):
     name = "numba"
 
+    def __init__(self):
+        # ids of a list's arrays -> their 1-D views. The views hold their arrays, so no id is reused meanwhile.
+        self._flat_views = {}
+
+    def _flat(self, arrays):
+        """1-D views, so that arrays of any shapes make one tuple type (one compiled kernel);
+        remembered, as reshaping every parameter costs more than the update of a small network."""
+        key = tuple(map(id, arrays))
+        views = self._flat_views.get(key)
+        if views is None:
+            if len(self._flat_views) >= _FLAT_VIEWS_KEPT:
+                self._flat_views.clear()
+            views = self._flat_views[key] = tuple(array.reshape(-1) for array in arrays)
+        return views
+
     def conv2d_forward(self, x, weight, bias, stride, padding):
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
@@ -674,7 +728,8 @@ class NumbaBackend(NumpyBackend):
         _conv2d_forward.run(threaded, x, weight, bias, stride, padding, y)
         return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True):
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True, grad_weight=None,
+                        grad_bias=None):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
         threaded = _threaded(x.shape[0])
@@ -683,15 +738,16 @@ class NumbaBackend(NumpyBackend):
             grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
             _grad_rows_from_conv(grad_y, grad_rows)
             planes = self._shifted_planes(x, geometry, threaded)
-            return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded)
-        grad_weight = np.empty_like(weight)
-        grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
-        _conv2d_grad_weight.run(threaded, x, grad_y, stride, padding, grad_weight, grad_bias)
+            return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded,
+                                          grad_weight, grad_bias)
+        weight_sum = np.empty_like(weight)
+        bias_sum = np.empty(weight.shape[0], dtype=weight.dtype)
+        _conv2d_grad_weight.run(threaded, x, grad_y, stride, padding, weight_sum, bias_sum)
         grad_x = None
         if need_input_grad:
             grad_x = np.empty_like(x)
             _conv2d_grad_input.run(threaded, weight, grad_y, stride, padding, grad_x)
-        return grad_x, grad_weight, grad_bias
+        return grad_x, accumulate(grad_weight, weight_sum), accumulate(grad_bias, bias_sum)
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
         if stride != 1:
@@ -705,19 +761,23 @@ class NumbaBackend(NumpyBackend):
                  (out_w - pool_kernel) // pool_stride + 1)
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
-        _relu_max_pool_rows.run(threaded, rows, out_w, pool_kernel, pool_stride, y, indices)
+        if pool_kernel == pool_stride == 2:
+            _relu_max_pool_rows_2x2.run(threaded, rows, out_w, y, indices)
+        else:
+            _relu_max_pool_rows.run(threaded, rows, out_w, pool_kernel, pool_stride, y, indices)
         return y, (y, indices, planes)  # the planes again serve the weight gradient
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
-                                        need_input_grad=True):
+                                        need_input_grad=True, grad_weight=None, grad_bias=None):
         if stride != 1:
-            return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding,
-                                                           pool_kernel, pool_stride, need_input_grad)
+            return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding, pool_kernel,
+                                                           pool_stride, need_input_grad, grad_weight, grad_bias)
         pool_y, indices, planes = saved
         geometry = _ShiftedGeometry(x.shape, weight.shape, padding)
         grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
         _grad_rows_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, grad_rows)
-        return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, _threaded(x.shape[0]))
+        return self._shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, _threaded(x.shape[0]),
+                                      grad_weight, grad_bias)
 
     @staticmethod
     def _shifted_planes(x, geometry, threaded):
@@ -735,15 +795,18 @@ class NumbaBackend(NumpyBackend):
         return rows, planes, geometry
 
     @staticmethod
-    def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded):
-        """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows."""
+    def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded, grad_weight, grad_bias):
+        """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows;
+        the parameter gradients are added into ``grad_weight`` / ``grad_bias`` (new ones when None)."""
         parts = geometry.groups * -(-geometry.total // _CHUNK)
         partial = np.empty((parts,) + weight.shape, dtype=weight.dtype)
         _shifted_grad_weight.run(threaded, planes, grad_rows, geometry.span, partial)
-        grad_weight = np.empty_like(weight)
-        _sum_leading(partial, grad_weight)
-        grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
-        _row_sums(grad_rows, grad_bias)
+        if grad_weight is None:
+            grad_weight = np.zeros_like(weight)
+        _add_sum_leading(partial, grad_weight)
+        if grad_bias is None:
+            grad_bias = np.zeros(weight.shape[0], dtype=weight.dtype)
+        _add_row_sums(grad_rows, grad_bias)
         grad_x = None
         if need_input_grad:
             grad_planes = np.empty_like(planes)
@@ -776,18 +839,37 @@ class NumbaBackend(NumpyBackend):
         return grad_x
 
     def linear_forward(self, x, weight, bias):
+        return self._linear(x, weight, bias, relu=False)
+
+    def linear_relu_forward(self, x, weight, bias):
+        return self._linear(x, weight, bias, relu=True)
+
+    def linear_backward(self, x, weight, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
+        return self._linear_gradients(x, weight, None, grad_y, need_input_grad, grad_weight, grad_bias)
+
+    def linear_relu_backward(self, x, weight, y, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
+        return self._linear_gradients(x, weight, y, grad_y, need_input_grad, grad_weight, grad_bias)
+
+    @staticmethod
+    def _linear(x, weight, bias, relu):
         y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
         if bias is None:
             bias = np.zeros(weight.shape[0], dtype=x.dtype)
-        _linear_forward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, bias, False, y)
+        _linear_forward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, bias, relu, y)
         return y
 
-    def linear_backward(self, x, weight, grad_y, need_input_grad=True):
+    @staticmethod
+    def _linear_gradients(x, weight, relu_y, grad_y, need_input_grad, grad_weight, grad_bias):
+        """``linear_backward``, after a ReLU whose output was ``relu_y`` unless that is None."""
         grad_x = np.empty_like(x) if need_input_grad else np.empty((0, x.shape[1]), dtype=x.dtype)
-        grad_weight = np.empty_like(weight)
-        grad_bias = np.empty(weight.shape[0], dtype=weight.dtype)
-        _linear_backward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, np.ascontiguousarray(grad_y),
-                             need_input_grad, grad_x, grad_weight, grad_bias)
+        if grad_weight is None:
+            grad_weight = np.zeros_like(weight)
+        if grad_bias is None:
+            grad_bias = np.zeros(weight.shape[0], dtype=weight.dtype)
+        if relu_y is None:
+            relu_y = np.empty((0, 0), dtype=x.dtype)  # no ReLU: nothing to mask
+        _linear_backward.run(_threaded(x.shape[0]), np.ascontiguousarray(x), weight, relu_y,
+                             np.ascontiguousarray(grad_y), need_input_grad, grad_x, grad_weight, grad_bias)
         return (grad_x if need_input_grad else None), grad_weight, grad_bias
 
     def cross_entropy_forward(self, logits, labels):
@@ -806,8 +888,8 @@ class NumbaBackend(NumpyBackend):
     def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
         if len({array.dtype for array in params}) != 1:  # a tuple of mixed dtypes is no single kernel type
             return super().sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first)
-        _sgd_steps(_flat(params), _flat(grads), _flat(bufs), lr, momentum, dampening, weight_decay, nesterov, first)
-
+        _sgd_steps(self._flat(params), self._flat(grads), self._flat(bufs), lr, momentum, dampening,
+                   weight_decay, nesterov, first)
 
 def create():
     return NumbaBackend()

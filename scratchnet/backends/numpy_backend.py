@@ -64,16 +64,22 @@ class NumpyBackend:
             y += bias[:, None]
         return y.reshape(n, out_c, out_h, out_w)
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True):
-        """Return (grad_x or None, grad_weight, grad_bias)."""
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True, grad_weight=None,
+                        grad_bias=None):
+        """Return (grad_x or None, grad_weight, grad_bias).
+
+        Given ``grad_weight`` / ``grad_bias`` arrays (the parameters' ``.grad``), the
+        gradients are added into them, as autograd accumulates, and those are returned:
+        a backend may then skip temporaries. ``linear_backward`` takes them too.
+        """
         n, c, h, w = x.shape
         out_c, _, kh, kw = weight.shape
         _, _, out_h, out_w = grad_y.shape
         padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
         cols = self._windows(padded, kh, kw, stride, out_h, out_w).reshape(n, c * kh * kw, out_h * out_w)
         gy = grad_y.reshape(n, out_c, out_h * out_w)
-        grad_weight = np.einsum("nol,nkl->ok", gy, cols).reshape(weight.shape)
-        grad_bias = gy.sum(axis=(0, 2))
+        grad_weight = accumulate(grad_weight, np.einsum("nol,nkl->ok", gy, cols).reshape(weight.shape))
+        grad_bias = accumulate(grad_bias, gy.sum(axis=(0, 2)))
         grad_x = None
         if need_input_grad:
             grad_cols = np.matmul(weight.reshape(out_c, -1).T, gy).reshape(n, c, kh, kw, out_h, out_w)
@@ -127,12 +133,20 @@ class NumpyBackend:
         return y, (relu_y, indices)
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
-                                        need_input_grad=True):
+                                        need_input_grad=True, grad_weight=None, grad_bias=None):
         """Return (grad_x or None, grad_weight, grad_bias), as ``conv2d_backward``."""
         relu_y, indices = saved
         grad_relu = self.max_pool2d_backward(grad_y, indices, relu_y.shape, pool_kernel, pool_stride)
         grad_conv = self.relu_backward(grad_relu, relu_y)
-        return self.conv2d_backward(x, weight, grad_conv, stride, padding, need_input_grad)
+        return self.conv2d_backward(x, weight, grad_conv, stride, padding, need_input_grad, grad_weight, grad_bias)
+
+    def linear_relu_forward(self, x, weight, bias):
+        """relu(linear(x)); the backward takes this output back."""
+        return self.relu_forward(self.linear_forward(x, weight, bias))
+
+    def linear_relu_backward(self, x, weight, y, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
+        """As ``linear_backward``, given the forward's output ``y``."""
+        return self.linear_backward(x, weight, self.relu_backward(grad_y, y), need_input_grad, grad_weight, grad_bias)
 
     # ---- element-wise and dense ----------------------------------------------------
 
@@ -148,9 +162,10 @@ class NumpyBackend:
             y += bias
         return y
 
-    def linear_backward(self, x, weight, grad_y, need_input_grad=True):
+    def linear_backward(self, x, weight, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
+        """Return (grad_x or None, grad_weight, grad_bias); ``grad_weight`` / ``grad_bias`` as in ``conv2d_backward``."""
         grad_x = grad_y @ weight if need_input_grad else None
-        return grad_x, grad_y.T @ x, grad_y.sum(axis=0)
+        return grad_x, accumulate(grad_weight, grad_y.T @ x), accumulate(grad_bias, grad_y.sum(axis=0))
 
     # ---- loss --------------------------------------------------------------------
 
@@ -194,6 +209,14 @@ class NumpyBackend:
         fuse them into one call, as per-call overhead dominates small networks."""
         for param, grad, buf in zip(params, grads, bufs):
             self.sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+
+def accumulate(total, gradient):
+    """``total += gradient`` and return ``total``; just ``gradient`` when there is no ``total``."""
+    if total is None:
+        return gradient
+    total += gradient
+    return total
 
 
 def create():
