@@ -154,10 +154,11 @@ def _notice_if_unofficial(folder, files):
     if folder in _noticed_folders:
         return
     _noticed_folders.add(folder)
-    differing = [name for name in files if md5sum(os.path.join(folder, name)) != OFFICIAL_MD5[name]]
-    if differing:
+    # Stop at the first file that differs: one hash is enough to say so.
+    differing = next((name for name in files if md5sum(os.path.join(folder, name)) != OFFICIAL_MD5[name]), None)
+    if differing is not None:
         print(
-            f"note: {folder} is not the official CIFAR-10 release (the MD5 sum of {differing[0]} differs); "
+            f"note: {folder} is not the official CIFAR-10 release (the MD5 sum of {differing} differs); "
             f"using it as is, so accuracies may differ slightly from published ones",
             file=sys.stderr,
         )
