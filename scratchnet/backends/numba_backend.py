@@ -10,7 +10,8 @@ vector operation over a whole group's outputs, with no wasted columns (planes
 flattened at full width compute 1.8 positions per output of the tutorial's second
 conv, 14-wide rows for 10 outputs). The forward keeps the copies for the weight
 gradient. Inner loops update rows with five taps per pass (one store per five
-multiply-adds) or run register-blocked dot products, so LLVM vectorizes them;
+multiply-adds; the forward updates three outputs' rows per pass, which share the
+input loads) or run register-blocked dot products, so LLVM vectorizes them;
 element loops index views by the loop counter alone (see ``_copy``).
 
 Kernels compile with the ``contract`` and ``reassoc`` math flags only: fused
@@ -163,19 +164,38 @@ def _tap_weight(weight, o, ci, t, kw):
     return weight[o, ci, i, j]
 
 
+@njit(cache=True, inline="always")
+def _five_tap_weights(weight, o, ci, t, kw):
+    return (_tap_weight(weight, o, ci, t, kw), _tap_weight(weight, o, ci, t + 1, kw),
+            _tap_weight(weight, o, ci, t + 2, kw), _tap_weight(weight, o, ci, t + 3, kw),
+            _tap_weight(weight, o, ci, t + 4, kw))
+
+
 @_Twin
 def _shifted_forward(planes, weight, bias, span, rows):
-    """rows[o, g, p] = bias[o] + sum over (ci, i, j) of weight[o, ci, i, j] * planes[g, j, ci, p + i * span]."""
+    """rows[o, g, p] = bias[o] + sum over (ci, i, j) of weight[o, ci, i, j] * planes[g, j, ci, p + i * span].
+
+    Each pass updates three outputs, which share the loads of their inputs.
+    """
     out_c, c, kh, kw = weight.shape
     taps = kh * kw
     groups, total = rows.shape[1], rows.shape[2]
     chunks = (total + _CHUNK - 1) // _CHUNK
-    for item in prange(groups * chunks * out_c):
-        g, chunk, o = item // (chunks * out_c), (item // out_c) % chunks, item % out_c
+    triples = (out_c + 2) // 3
+    for item in prange(groups * chunks * triples):
+        g, chunk, o0 = item // (chunks * triples), (item // triples) % chunks, 3 * (item % triples)
         p0 = chunk * _CHUNK
         length = min(_CHUNK, total - p0)
-        row = rows[o, g, p0:p0 + length]
-        _fill(row, bias[o])
+        o1, o2 = min(o0 + 1, out_c - 1), min(o0 + 2, out_c - 1)
+        # Past the last output, a triple's missing members add their sums into spare rows, one
+        # each: rows that alias would make LLVM fall back to its scalar loop.
+        spare = np.empty((2, length if o2 < o0 + 2 else 0), rows.dtype)
+        row0 = rows[o0, g, p0:p0 + length]
+        row1 = rows[o1, g, p0:p0 + length] if o1 > o0 else spare[0]
+        row2 = rows[o2, g, p0:p0 + length] if o2 > o1 else spare[1]
+        _fill(row0, bias[o0])
+        _fill(row1, bias[o1])
+        _fill(row2, bias[o2])
         for ci in range(c):
             t = 0
             while t + 5 <= taps:  # five taps per pass (a 5x5 kernel's row): one store per five multiply-adds
@@ -184,16 +204,25 @@ def _shifted_forward(planes, weight, bias, span, rows):
                 x2 = _tap_input(planes, g, ci, t + 2, kw, span, p0, length)
                 x3 = _tap_input(planes, g, ci, t + 3, kw, span, p0, length)
                 x4 = _tap_input(planes, g, ci, t + 4, kw, span, p0, length)
-                w0, w1 = _tap_weight(weight, o, ci, t, kw), _tap_weight(weight, o, ci, t + 1, kw)
-                w2, w3 = _tap_weight(weight, o, ci, t + 2, kw), _tap_weight(weight, o, ci, t + 3, kw)
-                w4 = _tap_weight(weight, o, ci, t + 4, kw)
+                u0, u1, u2, u3, u4 = _five_tap_weights(weight, o0, ci, t, kw)
+                v0, v1, v2, v3, v4 = _five_tap_weights(weight, o1, ci, t, kw)
+                w0, w1, w2, w3, w4 = _five_tap_weights(weight, o2, ci, t, kw)
                 for p in range(length):
-                    row[p] += w0 * x0[p] + w1 * x1[p] + w2 * x2[p] + w3 * x3[p] + w4 * x4[p]
+                    # Read once into locals: a store to a row might alias the inputs, and would force reloads.
+                    a0, a1, a2, a3, a4 = x0[p], x1[p], x2[p], x3[p], x4[p]
+                    row0[p] += u0 * a0 + u1 * a1 + u2 * a2 + u3 * a3 + u4 * a4
+                    row1[p] += v0 * a0 + v1 * a1 + v2 * a2 + v3 * a3 + v4 * a4
+                    row2[p] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3 + w4 * a4
                 t += 5
             while t < taps:
-                x0, w0 = _tap_input(planes, g, ci, t, kw, span, p0, length), _tap_weight(weight, o, ci, t, kw)
+                x0 = _tap_input(planes, g, ci, t, kw, span, p0, length)
+                u0, v0 = _tap_weight(weight, o0, ci, t, kw), _tap_weight(weight, o1, ci, t, kw)
+                w0 = _tap_weight(weight, o2, ci, t, kw)
                 for p in range(length):
-                    row[p] += w0 * x0[p]
+                    a0 = x0[p]
+                    row0[p] += u0 * a0
+                    row1[p] += v0 * a0
+                    row2[p] += w0 * a0
                 t += 1
 
 
