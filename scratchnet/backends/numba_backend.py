@@ -920,5 +920,6 @@ class NumbaBackend(NumpyBackend):
         _sgd_steps(self._flat(params), self._flat(grads), self._flat(bufs), lr, momentum, dampening,
                    weight_decay, nesterov, first)
 
+
 def create():
     return NumbaBackend()
