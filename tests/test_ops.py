@@ -88,8 +88,6 @@ def test_linear_matches_torch(backend, dtype, error_report):
         x = rng.standard_normal((n, fin)).astype(dtype)
         params = [("weight", linear.weight)] + ([("bias", linear.bias)] if has_bias else [])
         check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, "linear", params)
-        check_module_against_torch(nn.LinearReLU(linear).to(backend.name), lambda *args: F.relu(F.linear(*args)),
-                                   x, backend, dtype, error_report, "linear+relu", params)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
