@@ -12,7 +12,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchnet import backends, checkpoint, cli, nn, plots, report
+from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.evaluate import evaluate
 from scratchnet.models import Net
@@ -25,7 +25,8 @@ class TrainingDiverged(RuntimeError):
     """The loss (or a weight) stopped being finite; the message names the epoch and step."""
 
 
-def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True):
+def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True,
+        average_losses=None):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
@@ -38,7 +39,11 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     Each step is the backend's compiled form of the model's training step
     (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
     a GPU), whose results equal the eager step's.
+
+    Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
+    the host losses are averaged over the workers before they are checked and reported.
     """
+    average = average_losses or np.asarray
     xp = loader.backend.xp
     take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
                                             label_pool=loader.targets, capture=capture)
@@ -52,7 +57,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
             _, losses[index] = take_step(images, labels)
             step = index + 1
             if step % log_every == 0:
-                window = _finite_window(loader.backend, losses, checked, step, epoch)
+                window = _finite_window(loader.backend, losses, checked, step, epoch, average)
                 _check_weights(net, epoch, step)
                 checked = step
                 loss_curve.append({"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps + step,
@@ -60,17 +65,17 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                 tqdm.write(report.loss_line(epoch, step, loss_curve[-1]["loss"]))
                 if on_log is not None:
                     on_log(epoch, step)
-        _finite_window(loader.backend, losses, checked, steps, epoch)
+        _finite_window(loader.backend, losses, checked, steps, epoch, average)
         _check_weights(net, epoch, steps)
-        epoch_loss = loader.backend.to_numpy(losses)
+        epoch_loss = average(loader.backend.to_numpy(losses))
         epoch_losses.append(float(epoch_loss.mean()))
         step_losses.append(epoch_loss)
     return loss_curve, epoch_losses, np.stack(step_losses)
 
 
-def _finite_window(backend, losses, start, stop, epoch):
-    """The host copy of ``losses[start:stop]``; TrainingDiverged at the first non-finite one."""
-    window = backend.to_numpy(losses[start:stop])
+def _finite_window(backend, losses, start, stop, epoch, average):
+    """The host copy of ``losses[start:stop]``, ``average``d; TrainingDiverged at the first non-finite one."""
+    window = average(backend.to_numpy(losses[start:stop]))
     bad = np.flatnonzero(~np.isfinite(window))
     if bad.size:
         raise TrainingDiverged(f"the loss became {window[bad[0]]} at epoch {epoch}, step {start + bad[0] + 1}")
@@ -87,30 +92,59 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="float type of the whole run: data, weights, gradients (default float32)")
     parser.add_argument("--no-cuda-graph", dest="capture", action="store_false",
                         help="GPU: run every step eagerly instead of replaying a captured CUDA graph")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of an MPI launcher (mpiexec -n N ...), "
+                             "over NCCL with --backend cupy; --batch-size is then per worker")
+    parser.add_argument("--timeout", type=cli.non_negative_float, default=distributed.DEFAULT_TIMEOUT_S,
+                        metavar="SECONDS", help="--distributed: the longest a rank waits for the others in any "
+                                                "collective, 0 for no bound (default %(default)g)")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError):
-        run(args)
+    expected = (DataError, backends.BackendError, TrainingDiverged, OSError)
+    if not args.distributed:
+        if distributed.launcher_size() > 1:
+            parser.error(f"started as one of {distributed.launcher_size()} MPI ranks: pass --distributed "
+                         f"(or start one process)")
+        with cli.one_line_errors(parser.prog, *expected):
+            run(args, distributed.SingleProcess())
+        return
+    with cli.one_line_errors(parser.prog, distributed.DistributedError):
+        comm = distributed.init(args.backend, args.timeout or None)
+    with distributed.reporting_faults(comm, parser.prog, *expected):
+        run(args, comm)
 
 
-def run(args):
+def run(args, comm):
+    """One training run; with ``--distributed``, this rank's part of it (``comm`` is the job's communicator)."""
     started = time.perf_counter()
     backend = backends.get(args.backend)
-    seed = cli.resolve_seed(args.seed)
-    trainset = CIFAR10(args.data, train=True, download=args.download, limit=args.limit_train)
+    dtype = np.dtype(args.dtype)
+    distributed.check_same_flags(comm, vars(args))
+    seed = comm.allgather_json(cli.resolve_seed(args.seed))[0]  # rank 0's: a fresh seed is drawn once
+    distributed.quiet_unless_rank_0(comm)
+    writer = comm.rank == 0  # rank 0 alone writes the run folder
+    trainset = CIFAR10(args.data, train=True, download=args.download and writer, limit=args.limit_train)
     testset = CIFAR10(args.data, train=False, limit=args.limit_test)
-    run_dir = cli.run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}")
-    weights = os.path.join(run_dir, WEIGHTS_FILE)
+    run_dir = cli.run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}") if writer else None
+    weights = os.path.join(run_dir, WEIGHTS_FILE) if writer else None
     data_time = time.perf_counter() - started
 
     # Independent streams for the initial weights and the shuffle order, both from the one seed.
     init_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
-    net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name)
+    net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
-    trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend)
+    if args.distributed:
+        distributed.broadcast_parameters(net.parameters(), comm)
+        optimizer = distributed.DataParallelOptimizer(optimizer, comm)
+        print(f"Data-parallel: {comm.size} workers x batch {args.batch_size} = global batch "
+              f"{comm.size * args.batch_size} (over {comm.transport.upper()})")
+    trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend, dtype=dtype,
+                             rank=comm.rank, workers=comm.size)
 
     last_saved = []
 
@@ -121,33 +155,51 @@ def run(args):
     train_started = time.perf_counter()
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
-            loss_curve, epoch_losses, _ = fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                                              on_log=save_checkpoint, progress=sys.stderr.isatty(),
-                                              capture=args.capture)
+            loss_curve, epoch_losses, _ = fit(
+                net, criterion, optimizer, trainloader, args.epochs, args.log_every,
+                on_log=save_checkpoint if writer else None, progress=sys.stderr.isatty(),
+                # A captured graph cannot hold the allreduce's bounded wait: data-parallel steps run eagerly.
+                capture=args.capture and not args.distributed,
+                average_losses=distributed.loss_averager(comm) if args.distributed else None)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")
         raise TrainingDiverged(f"training stopped: {exc}; {kept}") from None
     train_time = time.perf_counter() - train_started
     print("Finished Training")
-    save_checkpoint(args.epochs, len(trainloader))
+    if writer:
+        save_checkpoint(args.epochs, len(trainloader))
 
     test_started = time.perf_counter()
-    predictions, summary = evaluate(net, testset, args.batch_size, backend)
+    if args.distributed:
+        predictions, summary = distributed.evaluate(net, testset, args.batch_size, backend, comm, dtype,
+                                                    shown=plots.GRID_IMAGES)
+    else:
+        predictions, summary = evaluate(net, testset, args.batch_size, backend, dtype)
     test_time = time.perf_counter() - test_started
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
     metrics = report.run_metrics(
-        framework="scratchnet", backend=backend.name, seed=seed, config=cli.config(args, width=args.width),
-        data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=loss_curve,
-        epoch_losses=epoch_losses, wall_time_s={"data": data_time, "train": train_time, "test": test_time,
-                                                "total": time.perf_counter() - started},
-        versions=report.versions("scratchnet", "numpy", "numba", "cupy"),
+        framework="scratchnet", backend=backend.name, seed=seed,
+        config=cli.config(args, width=args.width, dtype=args.dtype), data_root=args.data,
+        train_images=len(trainset), summary=summary, loss_curve=loss_curve, epoch_losses=epoch_losses,
+        wall_time_s={"data": data_time, "train": train_time, "test": test_time,
+                     "total": time.perf_counter() - started},
+        versions=report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"),
     )
-    report.write_metrics(run_dir, metrics)
-    plots.save_all(run_dir, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions, testset.classes)
-    print(f"Run folder: {run_dir}")
+    if args.distributed:
+        metrics["distributed"] = {
+            "world_size": comm.size, "transport": comm.transport, "batch_size_per_worker": args.batch_size,
+            "global_batch_size": trainloader.global_batch_size,
+            "per_rank": distributed.rank_timings(comm, train_s=train_time, allreduce_s=optimizer.allreduce_s,
+                                                 test_s=test_time),
+        }
+    if writer:
+        report.write_metrics(run_dir, metrics)
+        plots.save_all(run_dir, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
+                       testset.classes)
+        print(f"Run folder: {run_dir}")
 
 
 if __name__ == "__main__":
