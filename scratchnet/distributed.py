@@ -77,7 +77,7 @@ def init(backend="numpy", timeout=DEFAULT_TIMEOUT_S):
 class SingleProcess:
     """The communicator of a job of one: every collective returns its input."""
 
-    rank, size, local_rank, transport = 0, 1, 0, "none"
+    rank, size, transport = 0, 1, "none"
 
     def allreduce(self, buffer, op="sum"):
         return buffer
@@ -100,16 +100,12 @@ class MpiCommunicator:
     def __init__(self, comm, timeout=DEFAULT_TIMEOUT_S):
         from mpi4py import MPI
 
-        self._mpi, self.comm, self.timeout = MPI, comm, timeout
+        self.mpi, self.comm, self.timeout = MPI, comm, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        # Ranks that share a machine (and its GPUs): MPI-3's shared-memory split, whatever the launcher.
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        self.local_rank = node.Get_rank()
-        node.Free()
 
     def allreduce(self, buffer, op="sum"):
         """Sum (or mean) a contiguous host array over all ranks, in place; return it."""
-        self._wait(self.comm.Iallreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM), "allreduce")
+        self._wait(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM), "allreduce")
         if op == "mean":
             buffer /= self.size
         return buffer
@@ -164,7 +160,12 @@ class NcclCommunicator:
         if not getattr(nccl, "available", True):
             raise DistributedError("CuPy found no NCCL library: pip install nvidia-nccl-cu13")
         self._cupy, self._nccl, self.world = cupy, nccl, world
-        self.rank, self.size, self.local_rank, self.timeout = world.rank, world.size, world.local_rank, world.timeout
+        self.rank, self.size, self.timeout = world.rank, world.size, world.timeout
+        world.barrier()  # bounded: every rank is alive before the unbounded split below
+        # Ranks that share a machine (and its GPUs): MPI-3's shared-memory split, whatever the launcher.
+        node = world.comm.Split_type(world.mpi.COMM_TYPE_SHARED)
+        self.local_rank = node.Get_rank()
+        node.Free()
         devices = cupy.cuda.runtime.getDeviceCount()
         if self.local_rank >= devices:
             raise DistributedError(f"rank {self.rank} is local rank {self.local_rank} on {socket.gethostname()}, "
