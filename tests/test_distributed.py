@@ -222,15 +222,15 @@ def test_a_killed_rank_ends_the_job_within_seconds(rank, signum, data_root, tmp_
         pid = _pid_of_rank(marker.encode(), rank)
         os.kill(pid, signum)
         killed = time.monotonic()
-        _, stderr = job.communicate(timeout=FAULT_BOUND_S)
+        stdout, stderr = job.communicate(timeout=FAULT_BOUND_S)
         elapsed = time.monotonic() - killed
     finally:
         if job.poll() is None:
             job.kill()
     assert job.returncode != 0 and "Traceback" not in stderr
     assert elapsed < FAULT_BOUND_S
-    if signum == signal.SIGKILL:  # nothing runs in a SIGKILLed rank: the launcher names it by its pid
-        assert f"PID {pid} " in stderr
+    if signum == signal.SIGKILL:  # nothing runs in a SIGKILLed rank: the launcher's report names it by its pid
+        assert f"PID {pid} " in stdout and "EXIT CODE: 9" in stdout
     else:
         assert stderr.strip().splitlines()[-1] == f"python -m scratchnet.train: error: rank {rank}: killed by SIGTERM"
     _assert_complete_checkpoint(out)
