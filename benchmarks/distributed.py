@@ -75,10 +75,9 @@ def _allreduce_worker(comm, repeats):
 
 
 def _throughput_worker(comm, batch, steps):
-    from scratchnet import distributed, nn
+    from scratchnet import backends, distributed, nn
     from scratchnet.models import Net
     from scratchnet.optim import SGD
-    from scratchnet.train import train_step
 
     rng = np.random.default_rng(comm.rank)
     images = rng.uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
@@ -86,13 +85,14 @@ def _throughput_worker(comm, batch, steps):
     net = Net(seed=0).to("numba")
     criterion = nn.CrossEntropyLoss().to("numba")
     optimizer = distributed.DataParallelOptimizer(SGD(net.parameters(), lr=0.001, momentum=0.9), comm)
+    step = backends.get("numba").compile_step(net, criterion, optimizer, batch, capture=False)  # as fit's
     for _ in range(10):  # compile and warm up
-        train_step(net, criterion, optimizer, images, labels)
+        step(images, labels)
     comm.barrier()
     optimizer.allreduce_s = 0.0
     started = time.perf_counter()
     for _ in range(steps):
-        train_step(net, criterion, optimizer, images, labels)
+        step(images, labels)
     elapsed = time.perf_counter() - started
     slowest = max(comm.allgather_json(elapsed))
     return {"workers": comm.size, "batch_per_worker": batch, "steps": steps, "step_s": slowest / steps,

@@ -35,7 +35,7 @@ def fit_one_epoch(root, images, batch_size, dtype, backend, comm=None):
     loader = DataLoader(trainset, batch_size, shuffle=True, seed=SEED, backend=backend, dtype=dtype,
                         rank=rank, workers=workers)
     _, _, step_losses = train.fit(net, nn.CrossEntropyLoss().to(backend), optimizer, loader, epochs=1,
-                                  log_every=len(loader) + 1, average_losses=average, cuda_graph=False)
+                                  log_every=len(loader) + 1, average_losses=average, capture=False)
     return step_losses.ravel(), net.state_dict()
 
 

@@ -1,4 +1,4 @@
-"""A rank of ``python -m scratchnet.train`` whose K-th training step raises (a fault test).
+"""A rank of ``python -m scratchnet.train`` whose K-th optimizer step raises (a fault test).
 
 ``python tests/failing_rank.py K TIME_FILE TRAIN_FLAGS...``, started as one rank of an MPMD mpiexec job;
 the wall-clock time of the fault goes to TIME_FILE.
@@ -8,22 +8,23 @@ import sys
 import time
 
 from scratchnet import train
+from scratchnet.optim import SGD
 
 
 def main():
     fail_at, time_file, flags = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     steps = [0]
-    take_step = train.train_step
+    take_step = SGD.step
 
-    def failing_step(*args, **kwargs):
+    def failing_step(self):
         steps[0] += 1
         if steps[0] == fail_at:
             with open(time_file, "w") as file:
                 file.write(repr(time.time()))
             raise RuntimeError(f"injected fault at step {fail_at}")
-        return take_step(*args, **kwargs)
+        return take_step(self)
 
-    train.train_step = failing_step  # fit looks the step up when it starts
+    SGD.step = failing_step
     return train.main(flags)
 
 
