@@ -2,8 +2,8 @@
 
 ``init()`` returns the job's communicator: MPI (mpi4py) between CPU processes on one
 machine or many, NCCL (CuPy) between GPUs with one process per GPU, bootstrapped over
-MPI. Started without an MPI launcher it is a single worker, and everything below is a
-no-op. Each worker's gradients live in one flat buffer per dtype
+MPI. Started without an MPI launcher it is a single worker whose collectives return
+their input. Each worker's gradients live in one flat buffer per dtype
 (``flatten_gradients``), so a step is one allreduce; ``DataParallelOptimizer`` averages
 them before every step, so every rank takes the identical step.
 
