@@ -3,8 +3,8 @@
 Starts its own MPI jobs (mpiexec beside the interpreter, else on PATH) and measures:
 
 - allreduce of float32 buffers from our gradient size (62,006) up: scratchnet's
-  ``MpiCommunicator.allreduce`` (nonblocking, polled against the timeout) next to mpi4py's
-  raw blocking ``Allreduce`` on the same buffers, interleaved in one job of 2 ranks;
+  ``MpiCommunicator.allreduce`` (watched against the default timeout) next to mpi4py's
+  raw ``Allreduce`` on the same buffers, interleaved in one job of 2 ranks;
 - training throughput (images/s, numba, float32, one thread per worker) of 1 and 2
   workers at per-worker batch 4 and 64, and the scaling efficiency;
 - a model of N = 2..64 workers: each step's compute (measured with 1 worker) plus a ring

@@ -13,11 +13,13 @@ prints one line naming itself and the cause, and the launcher ends the whole job
 """
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -29,8 +31,6 @@ from scratchnet.evaluate import predict
 # Set in every rank's environment by MPICH's hydra (PMI_*), PMIx launchers and Open MPI's mpirun.
 LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
 DEFAULT_TIMEOUT_S = 300.0
-# Polls of a pending collective between deadline checks; then the core is yielded, since ranks may share cores.
-_POLLS_PER_YIELD = 1000
 # How long a rank other than 0 waits before reporting its fault: when every rank fails alike
 # (missing data, a diverged loss), rank 0's report ends the job first and the job prints one line, not N.
 _REPORT_DELAY_S = 1.0
@@ -93,7 +93,12 @@ class SingleProcess:
 
 
 class MpiCommunicator:
-    """Collectives over an mpi4py communicator, each a nonblocking call polled until done or past the timeout."""
+    """Collectives over an mpi4py communicator, MPI's own blocking calls, each bounded by the timeout.
+
+    A blocking MPI call cannot be interrupted from Python, so a watchdog thread watches
+    the one in progress: past the timeout it reports a CollectiveTimeout through
+    ``report_fault`` (which ends the process). Watching costs two attribute writes per call.
+    """
 
     transport = "mpi"
 
@@ -102,44 +107,46 @@ class MpiCommunicator:
 
         self.mpi, self.comm, self.timeout = MPI, comm, timeout
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.report_fault = functools.partial(end_job, self, "scratchnet", ())  # reporting_faults names the program
+        self._waiting = None  # (what, since) of the collective in progress
+        if timeout is not None:
+            threading.Thread(target=self._watch, name="collective-watchdog", daemon=True).start()
 
     def allreduce(self, buffer, op="sum"):
         """Sum (or mean) a contiguous host array over all ranks, in place; return it."""
-        self._wait(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM), "allreduce")
+        self._waiting = ("allreduce", time.monotonic())
+        self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
+        self._waiting = None
         if op == "mean":
             buffer /= self.size
         return buffer
 
     def broadcast(self, buffer, root=0):
-        self._wait(self.comm.Ibcast(buffer, root=root), "broadcast")
+        self._waiting = ("broadcast", time.monotonic())
+        self.comm.Bcast(buffer, root=root)
+        self._waiting = None
         return buffer
 
     def barrier(self):
-        self._wait(self.comm.Ibarrier(), "barrier")
+        self._waiting = ("barrier", time.monotonic())
+        self.comm.Barrier()
+        self._waiting = None
 
     def allgather_json(self, value):
         """Every rank's ``value`` (anything JSON holds), in rank order, on every rank."""
-        payload = np.frombuffer(json.dumps(value, sort_keys=True).encode(), dtype=np.uint8)
-        sizes = np.zeros(self.size, dtype=np.int64)
-        self._wait(self.comm.Iallgather(np.array([payload.size], dtype=np.int64), sizes), "allgather")
-        gathered = np.empty(int(sizes.sum()), dtype=np.uint8)
-        self._wait(self.comm.Iallgatherv(payload, [gathered, sizes.tolist()]), "allgather")
-        ends = np.cumsum(sizes)
-        return [json.loads(gathered[end - size:end].tobytes()) for end, size in zip(ends, sizes)]
+        self._waiting = ("allgather", time.monotonic())
+        gathered = self.comm.allgather(json.dumps(value, sort_keys=True))
+        self._waiting = None
+        return [json.loads(text) for text in gathered]
 
-    def _wait(self, request, what):
-        if self.timeout is None:
-            request.Wait()
-            return
-        deadline = time.monotonic() + self.timeout
-        polls = 0
-        while not request.Test():
-            polls += 1
-            if polls % _POLLS_PER_YIELD == 0:
-                if time.monotonic() > deadline:
-                    raise CollectiveTimeout(f"{what} waited more than {self.timeout:g} s for the other ranks "
-                                            f"(one is stuck or gone)")
-                os.sched_yield()
+    def _watch(self):
+        period = min(1.0, self.timeout / 10)
+        while True:
+            time.sleep(period)
+            waiting = self._waiting
+            if waiting is not None and time.monotonic() - waiting[1] > self.timeout:
+                self.report_fault(CollectiveTimeout(f"{waiting[0]} waited more than {self.timeout:g} s for the "
+                                                    f"other ranks (one is stuck or gone)"))
 
 
 class NcclCommunicator:
@@ -197,6 +204,14 @@ class NcclCommunicator:
 
     def barrier(self):
         self.world.barrier()
+
+    @property
+    def report_fault(self):
+        return self.world.report_fault
+
+    @report_fault.setter
+    def report_fault(self, report):
+        self.world.report_fault = report  # its watchdog bounds the host collectives
 
     def allgather_json(self, value):
         return self.world.allgather_json(value)
@@ -342,26 +357,35 @@ def _stop(signum, frame):
 
 @contextlib.contextmanager
 def reporting_faults(comm, prog, *expected):
-    """Turn any exception of a rank into one ``prog: error: rank R: cause`` line and end the whole job.
+    """Turn any exception of a rank, or a collective's timeout, into one ``prog: error: rank R: cause`` line
+    and end the whole job (``end_job``).
 
     ``expected`` exception types are reported by their message alone, others with their
-    type too. A SIGTERM, SIGINT or SIGHUP is reported the same way. The rank then exits
-    with status 1 without finalizing MPI, which makes the launcher end every other rank
-    (MPI_Abort would add a second line of its own).
+    type too. A SIGTERM, SIGINT or SIGHUP is reported the same way.
     """
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _stop)
+    comm.report_fault = functools.partial(end_job, comm, prog, expected)
     try:
         yield
     except BaseException as exc:
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        if comm.rank != 0:
-            time.sleep(_REPORT_DELAY_S)
-        print(f"{prog}: error: rank {comm.rank}: {_describe(exc, expected)}", file=sys.__stderr__, flush=True)
-        if comm.size > 1:
-            os._exit(1)
-        sys.exit(1)
+        end_job(comm, prog, expected, exc)
+
+
+def end_job(comm, prog, expected, exc):
+    """Print this rank's one line about ``exc`` and exit with status 1.
+
+    The rank exits without finalizing MPI, which makes the launcher end every other rank
+    (MPI_Abort would add a second line of its own).
+    """
+    if comm.rank != 0:
+        time.sleep(_REPORT_DELAY_S)
+    print(f"{prog}: error: rank {comm.rank}: {_describe(exc, expected)}", file=sys.__stderr__, flush=True)
+    if comm.size > 1 or threading.current_thread() is not threading.main_thread():
+        os._exit(1)
+    sys.exit(1)
 
 
 def _describe(exc, expected):

@@ -202,6 +202,7 @@ def test_a_stuck_rank_ends_the_job_at_the_timeout(data_root, tmp_path):
         "python -m scratchnet.train: error: rank 0: allgather waited more than 3 s for the other ranks "
         "(one is stuck or gone)")
     assert elapsed < FAULT_BOUND_S
+    print(f"stuck rank, --timeout 3: job ended {elapsed:.1f} s after start")
 
 
 def _long_run(data_root, out):
