@@ -58,6 +58,11 @@ def launcher_size():
     return int(os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or 1)
 
 
+def launcher_rank():
+    """This process's rank as the launcher numbered it (0 without one)."""
+    return int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
+
+
 def init(backend="numpy", timeout=DEFAULT_TIMEOUT_S):
     """The communicator of this job: MPI for the CPU backends, NCCL for ``"cupy"``; one worker without a launcher.
 

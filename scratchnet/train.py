@@ -107,6 +107,8 @@ def main(argv=None):
     expected = (DataError, backends.BackendError, TrainingDiverged, OSError)
     if not args.distributed:
         if distributed.launcher_size() > 1:
+            if distributed.launcher_rank() != 0:
+                sys.exit(2)  # rank 0, started with the same command, says why: one line, not one per rank
             parser.error(f"started as one of {distributed.launcher_size()} MPI ranks: pass --distributed "
                          f"(or start one process)")
         with cli.one_line_errors(parser.prog, *expected):

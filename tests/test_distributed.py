@@ -190,6 +190,13 @@ def test_flags_that_differ_across_ranks_are_refused_at_start(data_root, tmp_path
         "--lr is 0.01 there, 0.001 on rank 0; start every rank with the same flags"]
 
 
+def test_ranks_started_without_distributed_are_refused(data_root, tmp_path):
+    job = mpiexec((2, train_cli(*CLI_SLICE, "--data", data_root, "--limit-train", 40, "--out", tmp_path / "run")))
+    assert job.returncode != 0 and "Traceback" not in job.stderr
+    assert job.stderr.strip().splitlines() == [
+        "python -m scratchnet.train: error: started as one of 2 MPI ranks: pass --distributed (or start one process)"]
+
+
 def test_a_stuck_rank_ends_the_job_at_the_timeout(data_root, tmp_path):
     flags = ["--distributed", "--timeout", 3, *CLI_SLICE, "--data", data_root, "--limit-train", 40,
              "--out", tmp_path / "run"]
