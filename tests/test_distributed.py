@@ -18,7 +18,7 @@ import pytest
 
 from distributed_worker import fit_one_epoch
 from harness import relative_error
-from scratchnet import backends, checkpoint
+from scratchnet import backends, checkpoint, distributed
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
 
@@ -84,6 +84,16 @@ def test_the_workers_slices_make_up_the_global_batches_of_one_worker(count, work
         assert np.array_equal(joined, alone[step][:len(joined)]) and len(alone[step]) - len(joined) < workers
         assert all(np.array_equal(images[:, 0, 0, 0].astype(int) % 10, labels) for images, labels in batches)
     assert len(alone) - len(shards[0]) == (0 < count % (workers * batch) < workers)
+
+
+def test_every_gradient_is_a_view_of_one_flat_buffer_per_dtype():
+    net = Net(seed=0)
+    (buffer,) = distributed.flatten_gradients(net.parameters())
+    assert buffer.flags.c_contiguous and buffer.size == sum(param.data.size for param in net.parameters())
+    for param in net.parameters():
+        assert param.grad.shape == param.data.shape and np.shares_memory(param.grad, buffer)
+    buffer[:] = 1
+    assert all((param.grad == 1).all() for param in net.parameters())
 
 
 # ---- parity through the API ------------------------------------------------------------------
