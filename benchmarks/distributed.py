@@ -6,7 +6,8 @@ Starts its own MPI jobs (mpiexec beside the interpreter, else on PATH) and measu
   ``MpiCommunicator.allreduce`` (watched against the default timeout) next to mpi4py's
   raw ``Allreduce`` on the same buffers, interleaved in one job of 2 ranks;
 - training throughput (images/s, numba, float32, one thread per worker) of 1 and 2
-  workers at per-worker batch 4 and 64, and the scaling efficiency;
+  workers at per-worker batch 4 and 64, and the scaling efficiency, next to two
+  independent single-worker processes at once (what the cores give without communication);
 - a model of N = 2..64 workers: each step's compute (measured with 1 worker) plus a ring
   allreduce of the gradients, ``2(N-1) * latency + 2(N-1)/N * bytes / bandwidth``, with the
   latency and bandwidth fitted to the measured 2-rank allreduce times.
@@ -33,17 +34,23 @@ def _mpiexec():
     return shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 
-def _job(ranks, *worker_args):
-    """Run this module's worker under mpiexec (``ranks`` 0: no launcher) and return rank 0's JSON."""
+def _job(ranks, *worker_args, copies=1):
+    """Run this module's worker under mpiexec (``ranks`` 0: no launcher), ``copies`` independent jobs at once;
+    return rank 0's JSON (a list of them with ``copies`` > 1)."""
     with tempfile.TemporaryDirectory() as folder:
-        out = os.path.join(folder, "result.json")
-        command = [sys.executable, "-m", "benchmarks.distributed", "--worker", *worker_args, "--out", out]
-        if ranks:
-            command = [_mpiexec(), "-n", str(ranks), *command]
+        outs = [os.path.join(folder, f"result{copy}.json") for copy in range(copies)]
         env = {**os.environ, "NUMBA_NUM_THREADS": "1"}  # one core per worker, so workers scale over cores
-        subprocess.run(command, check=True, env=env)
-        with open(out) as file:
-            return json.load(file)
+        jobs = []
+        for out in outs:
+            command = [sys.executable, "-m", "benchmarks.distributed", "--worker", *worker_args, "--out", out]
+            jobs.append(subprocess.Popen([_mpiexec(), "-n", str(ranks), *command] if ranks else command, env=env))
+        if any(job.wait() for job in jobs):
+            raise SystemExit(f"a benchmark job failed: {worker_args}")
+        results = []
+        for out in outs:
+            with open(out) as file:
+                results.append(json.load(file))
+        return results[0] if copies == 1 else results
 
 
 # ---- workers (run under mpiexec) -------------------------------------------------------------------
@@ -162,10 +169,15 @@ def main(argv=None):
         steps = max(20, args.steps * 4 // batch)
         single = _job(0, "throughput", str(batch), str(steps))
         double = _job(2, "throughput", str(batch), str(steps))
+        # What this machine gives two processes that never communicate: the ceiling for 2 workers.
+        ceiling = sum(run["images_per_s"] for run in _job(0, "throughput", str(batch), str(steps), copies=2))
         double["scaling_efficiency"] = double["images_per_s"] / (2 * single["images_per_s"])
+        double["two_independent_processes_images_per_s"] = ceiling
+        double["fraction_of_two_independent_processes"] = double["images_per_s"] / ceiling
         throughput += [single, double]
         print(f"batch {batch:>2} per worker: 1 worker {single['images_per_s']:8.0f} images/s, 2 workers "
-              f"{double['images_per_s']:8.0f} images/s, scaling efficiency {double['scaling_efficiency']:.2f}")
+              f"{double['images_per_s']:8.0f} images/s, scaling efficiency {double['scaling_efficiency']:.2f} "
+              f"(2 independent processes: {ceiling:.0f} images/s)")
     latency, bandwidth = fit_latency_bandwidth(allreduce)
     model = scaling_model(throughput, latency, bandwidth)
     print(f"fitted link: latency {latency * 1e6:.1f} us, bandwidth {bandwidth / 1e9:.2f} GB/s")
