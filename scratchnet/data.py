@@ -274,16 +274,29 @@ class DataLoader:
         """Every label of the dataset, on the loader's backend: what its batches' labels are drawn from."""
         return self._targets
 
+    @property
+    def order_state(self):
+        """The shuffle generator's state (a plain dict): restoring it replays the epochs drawn from it since."""
+        return self._rng.bit_generator.state
+
+    @order_state.setter
+    def order_state(self, state):
+        self._rng.bit_generator.state = state
+
     def __len__(self):
         return -(-len(self.dataset) // self.batch_size)
 
     def __iter__(self):
+        return self.batches()
+
+    def batches(self, skip=0):
+        """One epoch's batches after the first ``skip`` (whose order is drawn all the same): a resumed epoch."""
         n, size = len(self.dataset), self.batch_size
         if not self.shuffle:
-            for start in range(0, n, size):
+            for start in range(skip * size, n, size):
                 yield self._data[start:start + size], self._targets[start:start + size]
             return
         order = self.backend.asarray(self._rng.permutation(n))
-        for start in range(0, n, size):
+        for start in range(skip * size, n, size):
             index = order[start:start + size]
             yield self._data[index], self._targets[index]
