@@ -70,6 +70,12 @@ def read(path):
                 raise ValueError(f"{key} {record[key]!r}")
         if not isinstance(record["run"], dict) or not isinstance(record["run"].get("args"), dict):
             raise ValueError("no run flags")
+        points = record["loss_curve"]
+        if not all(isinstance(point, dict) and all(type(point.get(key)) is int for key in ("epoch", "step"))
+                   and isinstance(point.get("loss"), float) for point in points):
+            raise ValueError("a damaged loss curve")
+        if not all(isinstance(loss, float) for loss in record["epoch_losses"]):
+            raise ValueError("damaged epoch losses")
     except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
         raise ResumeError(f"cannot resume: {path} is not a scratchnet training state ({exc})") from None
     return record, arrays
@@ -89,6 +95,8 @@ def restore(path, record, arrays, net, optimizer, loader):
         losses = _finite(path, "epoch_step_losses", arrays)
         if losses.shape != (record["step"],):
             raise ValueError(f"{losses.size} losses saved for step {record['step']}")
+        if record["epoch"] < 1 or record["step"] > len(loader):
+            raise ValueError(f"epoch {record['epoch']}, step {record['step']} of {len(loader)} steps per epoch")
         loader.order_state = record["order_state"]
         return TrainingState(record["epoch"], record["step"], record["loss_curve"], record["epoch_losses"],
                              losses, record["order_state"])

@@ -160,3 +160,15 @@ def test_a_conflicting_flag_or_a_folder_without_a_checkpoint_is_one_line(uninter
     code, _, stderr = train_in_process("--resume", tmp_path / "empty")
     assert code == 1 and "cannot resume" in stderr and "checkpoint.npz: no such file" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_or_foreign_checkpoint_is_one_line(uninterrupted, tmp_path):
+    whole_dir, _ = uninterrupted("numpy")
+    record, arrays = resume.read(whole_dir / resume.STATE_FILE)
+    for name, damage in (("steps", {"step": 10**6}), ("curve", {"loss_curve": [{"epoch": "x"}]})):
+        out = tmp_path / name
+        out.mkdir()
+        text = json.dumps({**record, **damage}).encode()
+        checkpoint.save_npz(out / resume.STATE_FILE, {**arrays, "record": np.frombuffer(text, np.uint8)})
+        code, _, stderr = train_in_process("--resume", out)
+        assert code == 1 and "Traceback" not in stderr and "cannot resume" in stderr.strip().splitlines()[-1]
