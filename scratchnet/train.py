@@ -1,8 +1,9 @@
 """The CIFAR-10 tutorial on scratchnet: ``python -m scratchnet.train [--backend numba] [--epochs 2] ...``.
 
 Trains the tutorial's Net with cross-entropy and SGD momentum, prints the tutorial's
-printout, and leaves a run folder with the weights (``cifar_net.npz``), ``metrics.json``
-and PNG plots.
+printout, and leaves a run folder with the weights (``cifar_net.npz``), the whole training
+state (``checkpoint.npz``, which ``--resume RUN_DIR`` continues from bit for bit),
+``metrics.json`` and PNG plots.
 """
 
 import functools
