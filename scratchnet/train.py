@@ -1,10 +1,12 @@
 """The CIFAR-10 tutorial on scratchnet: ``python -m scratchnet.train [--backend numba] [--epochs 2] ...``.
 
 Trains the tutorial's Net with cross-entropy and SGD momentum, prints the tutorial's
-printout, and leaves a run folder with the weights (``cifar_net.npz``), ``metrics.json``
-and PNG plots.
+printout, and leaves a run folder with the weights (``cifar_net.npz``), the whole training
+state (``checkpoint.npz``, which ``--resume RUN_DIR`` continues from bit for bit),
+``metrics.json`` and PNG plots.
 """
 
+import math
 import os
 import sys
 import time
@@ -12,9 +14,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchnet import backends, checkpoint, cli, nn, plots, report
+from scratchnet import backends, checkpoint, cli, nn, plots, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader
-from scratchnet.evaluate import evaluate
+from scratchnet.evaluate import evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
 
@@ -22,33 +24,48 @@ WEIGHTS_FILE = "cifar_net.npz"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss (or a weight) stopped being finite; the message names the epoch and step."""
+    """The loss (or a weight) stopped being finite; the message names the epoch and step (also attributes)."""
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
-def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True):
+def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True,
+        state=None):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
     backend: nothing is copied to the host until a log point (every ``log_every``
     mini-batches) or the end of an epoch. There the window is checked: a NaN or Inf
     raises TrainingDiverged naming the first bad epoch and step; a finite window is
-    printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(epoch, step)``
-    runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs, steps) on the host.
+    printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(state)``
+    runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs run, steps) on the host.
+
+    ``state`` (a ``resume.TrainingState``) is where training starts, and it is kept up to
+    date as training goes (its loss curve and epoch losses are the lists returned): a
+    fresh one starts at epoch 1, step 0; one restored by ``resume.restore`` continues
+    bit for bit where the saved run stopped.
 
     Each step is the backend's compiled form of the model's training step
     (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
     a GPU), whose results equal the eager step's.
     """
     xp = loader.backend.xp
+    state = state if state is not None else resume.TrainingState()
     take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
                                             label_pool=loader.targets, capture=capture)
     steps = len(loader)
-    loss_curve, epoch_losses, step_losses = [], [], []
-    for epoch in range(1, epochs + 1):
+    loss_curve, epoch_losses, step_losses = state.loss_curve, state.epoch_losses, []
+    for epoch in range(state.epoch, epochs + 1):
+        done = state.step if epoch == state.epoch else 0
         losses = xp.empty(steps, dtype=xp.float64)
-        checked = 0  # steps of this epoch whose losses are known to be finite
-        batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress)
-        for index, (images, labels) in enumerate(batches):
+        losses[:done] = loader.backend.asarray(state.epoch_step_losses[:done])
+        state.epoch, state.order_state = epoch, loader.order_state
+        checked = done  # steps of this epoch whose losses are known to be finite
+        batches = tqdm(loader.batches(skip=done), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                       disable=not progress, initial=done, total=steps)
+        for index, (images, labels) in enumerate(batches, start=done):
             _, losses[index] = take_step(images, labels)
             step = index + 1
             if step % log_every == 0:
@@ -59,13 +76,16 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                                    "loss": float(window.mean())})
                 tqdm.write(report.loss_line(epoch, step, loss_curve[-1]["loss"]))
                 if on_log is not None:
-                    on_log(epoch, step)
+                    state.step, state.epoch_step_losses = step, loader.backend.to_numpy(losses[:step])
+                    on_log(state)
         _finite_window(loader.backend, losses, checked, steps, epoch)
         _check_weights(net, epoch, steps)
         epoch_loss = loader.backend.to_numpy(losses)
         epoch_losses.append(float(epoch_loss.mean()))
         step_losses.append(epoch_loss)
-    return loss_curve, epoch_losses, np.stack(step_losses)
+    # Finished: the next epoch would be past the last, with the shuffle state it would start from.
+    state.epoch, state.step, state.epoch_step_losses, state.order_state = epochs + 1, 0, np.empty(0), loader.order_state
+    return loss_curve, epoch_losses, np.stack(step_losses) if step_losses else np.empty((0, steps))
 
 
 def _finite_window(backend, losses, start, stop, epoch):
@@ -73,36 +93,85 @@ def _finite_window(backend, losses, start, stop, epoch):
     window = backend.to_numpy(losses[start:stop])
     bad = np.flatnonzero(~np.isfinite(window))
     if bad.size:
-        raise TrainingDiverged(f"the loss became {window[bad[0]]} at epoch {epoch}, step {start + bad[0] + 1}")
+        step = start + int(bad[0]) + 1
+        raise TrainingDiverged(f"the loss became {window[bad[0]]} at epoch {epoch}, step {step}", epoch, step)
     return window
 
 
 def _check_weights(net, epoch, step):
     for name, param in net.named_parameters():
         if not bool(param.backend.xp.isfinite(param.data).all()):
-            raise TrainingDiverged(f"{name} became non-finite by epoch {epoch}, step {step}")
+            raise TrainingDiverged(f"{name} became non-finite by epoch {epoch}, step {step}", epoch, step)
+
+
+# The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
+RUN_FLAGS = ("backend", "width", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum", "seed",
+             "limit_train", "limit_test", "log_every")
 
 
 def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
-    parser.add_argument("--no-cuda-graph", dest="capture", action="store_false",
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                         help="GPU: run every step eagerly instead of replaying a captured CUDA graph")
+    parser.add_argument("--resume", metavar="RUN_DIR", type=cli.folder_name,
+                        help="continue the run in RUN_DIR from its last checkpoint, with its flags")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError):
+    with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError,
+                             runs.RunFolderError, resume.ResumeError):
+        if args.resume is not None:
+            args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
+        _check_memory(parser, args.width)
         run(args)
+
+
+def _flags_of_resumed_run(args, given):
+    """``args`` with the run's own flags from its checkpoint; a flag given that differs is refused."""
+    if args.overwrite:
+        raise resume.ResumeError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise resume.ResumeError(f"--out {args.out} differs from --resume {args.resume}: a run resumes in its folder")
+    record, _ = resume.read(os.path.join(args.resume, resume.STATE_FILE))
+    saved = record["run"]["args"]
+    for dest in RUN_FLAGS:
+        if dest in given and getattr(args, dest) != saved.get(dest):
+            flag = "--no-cuda-graph" if dest == "cuda_graph" else "--" + dest.replace("_", "-")
+            raise resume.ResumeError(f"{flag} {getattr(args, dest)} conflicts with the resumed run's "
+                                     f"{saved.get(dest)!r}; a resumed run keeps its flags (drop {flag})")
+        setattr(args, dest, saved.get(dest))
+    args.out = args.resume
+    return args
+
+
+def _check_memory(parser, width):
+    """Refuse a --width whose parameters, gradients and momentum alone exceed this machine's memory."""
+    needed = 3 * 4 * sum(math.prod(shape) for shape in parameter_shapes(width).values())
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        parser.error(f"--width {width} needs at least {needed / 2**30:.1f} GiB of memory for the network's "
+                     f"parameters, gradients and momentum; this machine has {available / 2**30:.1f} GiB")
 
 
 def run(args):
     started = time.perf_counter()
     backend = backends.get(args.backend)
     seed = cli.resolve_seed(args.seed)
+    # Room for the weights and the training state, each beside its previous version while it is replaced.
+    params = sum(math.prod(shape) for shape in parameter_shapes(args.width).values())
+    with runs.open_run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}", resume=args.resume is not None,
+                              overwrite=args.overwrite, room_bytes=2 * 3 * 4 * params) as folder:
+        if args.overwrite:
+            print(f"note: --overwrite: replacing the run in {folder.path}", file=sys.stderr)
+        _train_and_test(args, backend, seed, folder, started)
+
+
+def _train_and_test(args, backend, seed, folder, started):
+    saved = resume.read(folder.file(resume.STATE_FILE)) if args.resume is not None else None
     trainset = CIFAR10(args.data, train=True, download=args.download, limit=args.limit_train)
     testset = CIFAR10(args.data, train=False, limit=args.limit_test)
-    run_dir = cli.run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}")
-    weights = os.path.join(run_dir, WEIGHTS_FILE)
+    weights = folder.file(WEIGHTS_FILE)
     data_time = time.perf_counter() - started
 
     # Independent streams for the initial weights and the shuffle order, both from the one seed.
@@ -112,25 +181,58 @@ def run(args):
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
     trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend)
 
-    last_saved = []
+    run_record = {"args": {**{dest: getattr(args, dest) for dest in RUN_FLAGS}, "seed": seed},
+                  "versions": report.versions("scratchnet", "numpy", "numba", "cupy"), "train_time_s": 0.0,
+                  "resumed_from": []}
+    state = resume.TrainingState()
+    if saved is not None:
+        record, arrays = saved
+        state = resume.restore(folder.file(resume.STATE_FILE), record, arrays, net, optimizer, trainloader)
+        run_record["train_time_s"] = record["run"].get("train_time_s", 0.0)
+        run_record["resumed_from"] = record["run"].get("resumed_from", []) + [{"epoch": state.epoch,
+                                                                               "step": state.step}]
+        for point in state.loss_curve:  # the printout so far, so a resumed run prints what an uninterrupted one does
+            print(report.loss_line(point["epoch"], point["step"], point["loss"]))
+    last_saved = [state.epoch, state.step] if saved is not None else []
 
-    def save_checkpoint(epoch, step):
+    counted_until = [time.perf_counter()]  # training time up to here is in run_record (summed over resumes)
+
+    def save_checkpoint(at):
+        now = time.perf_counter()
+        run_record["train_time_s"] += now - counted_until[0]
+        counted_until[0] = now
         checkpoint.save_npz(weights, net.state_dict())
-        last_saved[:] = [epoch, step]
+        resume.save(folder.file(resume.STATE_FILE), net, optimizer, at, run_record)
+        last_saved[:] = [at.epoch, at.step]
 
-    train_started = time.perf_counter()
+    def metrics_of(summary, diverged=None):
+        return report.run_metrics(
+            framework="scratchnet", backend=backend.name, seed=seed, config=cli.config(args, width=args.width),
+            data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=state.loss_curve,
+            epoch_losses=state.epoch_losses, diverged=diverged, resumed_from=run_record["resumed_from"],
+            wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
+                         "total": time.perf_counter() - started},
+            versions=run_record["versions"],
+        )
+
+    test_time = None
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
-            loss_curve, epoch_losses, _ = fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                                              on_log=save_checkpoint, progress=sys.stderr.isatty(),
-                                              capture=args.capture)
+            fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every, on_log=save_checkpoint,
+                progress=sys.stderr.isatty(), capture=args.cuda_graph, state=state)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")
-        raise TrainingDiverged(f"training stopped: {exc}; {kept}") from None
-    train_time = time.perf_counter() - train_started
+        metrics = metrics_of(report.UNTESTED, {"epoch": exc.epoch, "step": exc.step, "message": str(exc)})
+        report.write_metrics(folder.path, metrics)
+        plots.save_training_plots(folder.path, metrics)
+        raise TrainingDiverged(f"training stopped: {exc}; {kept}", exc.epoch, exc.step) from None
+    except KeyboardInterrupt:
+        where = (f"the last checkpoint (epoch {last_saved[0]}, step {last_saved[1]}) is in {folder.path}; continue "
+                 f"with: python -m scratchnet.train --resume {folder.path}" if last_saved else "nothing was saved yet")
+        raise KeyboardInterrupt(where) from None
     print("Finished Training")
-    save_checkpoint(args.epochs, len(trainloader))
+    save_checkpoint(state)
 
     test_started = time.perf_counter()
     predictions, summary = evaluate(net, testset, args.batch_size, backend)
@@ -138,16 +240,11 @@ def run(args):
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
-    metrics = report.run_metrics(
-        framework="scratchnet", backend=backend.name, seed=seed, config=cli.config(args, width=args.width),
-        data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=loss_curve,
-        epoch_losses=epoch_losses, wall_time_s={"data": data_time, "train": train_time, "test": test_time,
-                                                "total": time.perf_counter() - started},
-        versions=report.versions("scratchnet", "numpy", "numba", "cupy"),
-    )
-    report.write_metrics(run_dir, metrics)
-    plots.save_all(run_dir, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions, testset.classes)
-    print(f"Run folder: {run_dir}")
+    metrics = metrics_of(summary)
+    report.write_metrics(folder.path, metrics)
+    plots.save_all(folder.path, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
+                   testset.classes)
+    print(f"Run folder: {folder.path}")
 
 
 if __name__ == "__main__":
