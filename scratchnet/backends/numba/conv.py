@@ -14,6 +14,7 @@ from numba import njit, prange
 from scratchnet.backends.numba.jit import Twin, add, fill, kernel
 from scratchnet.backends.numba.layout import CHUNK
 
+
 @njit(cache=True, inline="always")
 def tap(t, kw):
     """Tap ``t`` as (i, j), row by row: sums run in torch's order, which keeps float32 results close to its."""

@@ -5,6 +5,7 @@ from numba import prange
 
 from scratchnet.backends.numba.jit import Twin, kernel
 
+
 @kernel()
 def relu_forward(x, y):
     flat_x, flat_y = x.ravel(), y.ravel()

@@ -3,6 +3,7 @@
 import numpy as np
 from numba import njit
 
+
 @njit(cache=True)
 def cross_entropy_forward(logits, labels, probs):
     n, classes = logits.shape

@@ -4,6 +4,7 @@ from numba import njit, prange
 
 from scratchnet.backends.numba.jit import Twin, fill, kernel
 
+
 @Twin
 def relu_max_pool_rows(rows, out_w, pool_kernel, pool_stride, y, indices):
     """ReLU then max-pool, read straight from ``rows``; ``indices`` are positions in the group's rows.
