@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import TOLERANCE, check_module_against_torch, relative_error
+from harness import TOLERANCE, check_module_against_torch, layouts_for, relative_error
 from scratchnet import functional, nn
 
 CASES = 12
@@ -67,7 +67,7 @@ def test_conv2d_feature_matches_torch(backend, dtype, feature, index, error_repo
         return F.conv2d(x_t, weight, bias, **options)
 
     check_module_against_torch(conv, torch_conv, x, backend, dtype, error_report, f"conv2d {feature}", params,
-                               config=str(case))
+                               config=str(case), layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("feature, index", [p for p in _case_ids() if p.values[1] < 3])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import TOLERANCE, check_module_against_torch, relative_error
+from harness import TOLERANCE, check_module_against_torch, layouts_for, relative_error
 from scratchnet import functional, nn
 
 CASES = 12
@@ -29,7 +29,8 @@ def test_linear_on_any_leading_axes_matches_torch(backend, dtype, index, error_r
     x = np.random.default_rng(index).standard_normal(case["leading"] + (case["in_features"],)).astype(dtype)
     params = [("weight", linear.weight)] + ([("bias", linear.bias)] if case["bias"] else [])
     what = "linear unbatched" if not case["leading"] else "linear leading axes"
-    check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, what, params, config=str(case))
+    check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, what, params, config=str(case),
+                               layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("index", range(4))
@@ -69,7 +70,8 @@ def test_relu_on_any_layout_and_special_values_matches_torch(backend, dtype, ind
     x = relu_input(index, dtype)
     relu = nn.ReLU().to(backend.name).to(dtype)
     what = "relu nan and inf" if index % 2 else "relu layouts"
-    check_module_against_torch(relu, F.relu, x, backend, dtype, error_report, what, config=f"shape={x.shape}")
+    check_module_against_torch(relu, F.relu, x, backend, dtype, error_report, what, config=f"shape={x.shape}",
+                               layouts=layouts_for(index))
 
 
 def test_relu_keeps_nan_and_passes_its_gradient_as_torch(backend):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import check_module_against_torch
+from harness import check_module_against_torch, layouts_for
 from scratchnet import functional, nn
 
 CASES = 12
@@ -66,7 +66,8 @@ def test_max_pool2d_feature_matches_torch(backend, dtype, feature, index, error_
     x = pool_input(feature, case, index, dtype)
     pool = nn.MaxPool2d(return_indices=True, **_options(case)).to(backend.name).to(dtype)
     check_module_against_torch(pool, lambda x_t: F.max_pool2d(x_t, return_indices=True, **_options(case)), x,
-                               backend, dtype, error_report, f"max_pool2d {feature}", config=str(case))
+                               backend, dtype, error_report, f"max_pool2d {feature}", config=str(case),
+                               layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
