@@ -430,7 +430,8 @@ def cross_entropy_forward(logits, target, weight, ignore_index, reduction, label
     elif reduction == "sum":
         loss, denominator = row_loss.sum(), 1
     else:
-        loss = row_loss.sum() / denominator
+        with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
+            loss = row_loss.sum() / denominator
     saved = (np.exp(log_probs), coefficients, logits.dtype.type(denominator))
     return np.asarray(loss, dtype=logits.dtype), saved
 
@@ -438,7 +439,10 @@ def cross_entropy_forward(logits, target, weight, ignore_index, reduction, label
 def cross_entropy_backward(saved, grad_loss=None):
     """Gradient w.r.t. the logits; ``grad_loss`` is the upstream gradient (a (rows,) array for 'none', else 1)."""
     probs, coefficients, denominator = saved
-    grad = (probs * coefficients.sum(axis=1, keepdims=True) - coefficients) / denominator
+    weight_sums = coefficients.sum(axis=1, keepdims=True)
+    # A row without weight (ignored) has gradient 0 even when every row is ignored (0 / 0), as in torch.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grad = np.where(weight_sums == 0, 0, (probs * weight_sums - coefficients) / denominator)
     if grad_loss is not None:
         grad *= np.reshape(grad_loss, (-1, 1))
     return grad.astype(probs.dtype, copy=False)

@@ -218,7 +218,8 @@ extern "C" __global__ void cross_entropy_rows(
     }
 }
 
-// grad = (probs * sum_k coefficients - coefficients) * scale[row].
+// grad = (probs * sum_k coefficients - coefficients) * scale[row]; 0 on a row without weight (ignored),
+// even where the scale is infinite because every row is ignored, as in torch.
 extern "C" __global__ void cross_entropy_rows_backward(
     const real* __restrict__ probs, const real* __restrict__ coefficients, const real* __restrict__ scale,
     real* __restrict__ grad, int rows, int classes)
@@ -227,7 +228,7 @@ extern "C" __global__ void cross_entropy_rows_backward(
         const long long r = i / classes;
         real total = 0;
         for (int k = 0; k < classes; ++k) total += coefficients[r * classes + k];
-        grad[i] = (probs[i] * total - coefficients[i]) * scale[r];
+        grad[i] = total != (real)0 ? (probs[i] * total - coefficients[i]) * scale[r] : (real)0;
     }
 }
 """
