@@ -6,7 +6,7 @@ For each width (1, 4, 8: the tutorial's "make it wider" exercise) and batch
 (4, 128, 512) each runner trains the tutorial Net with SGD(lr=0.001,
 momentum=0.9) on batches already resident on the GPU: scratchnet replaying its
 captured CUDA graph of the step as ``fit`` does (where the step is small enough
-to be captured, see ``scratchnet.cuda_graph``; elsewhere it steps eagerly too),
+to be captured, see ``scratchnet.backends.cupy.graph``; elsewhere it steps eagerly too),
 scratchnet stepping eagerly, and PyTorch eager. They are measured in
 alternation, each figure is the median over the repeats, and each scratchnet
 runner gets its ratio to PyTorch. PyTorch runs with its defaults (cuDNN, TF32
@@ -16,7 +16,6 @@ its output is kept.
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -28,10 +27,8 @@ import time
 import numpy as np
 
 from scratchnet import backends, cli, nn, optim, report
-from scratchnet.cuda_graph import CapturedStep
 from scratchnet.files import write_json
 from scratchnet.models import Net
-from scratchnet.train import train_step
 
 WIDTHS = (1, 4, 8)
 BATCHES = (4, 128, 512)
@@ -49,7 +46,10 @@ def _batches(batch, seed):
 
 
 class ScratchnetCupyEager:
+    """Steps as ``fit`` takes them on the GPU (``compile_step``), here without graph capture."""
+
     name = "scratchnet-cupy-eager"
+    capture = False
 
     def __init__(self, width, batch):
         import cupy
@@ -57,11 +57,12 @@ class ScratchnetCupyEager:
         self.cupy = cupy
         gpu = backends.get("cupy")
         net = Net(width=width, seed=0).to("cupy")
-        # The loss stays on the GPU, as in fit.
-        self.step = functools.partial(train_step, net, nn.CrossEntropyLoss(),
-                                      optim.SGD(net.parameters(), lr=0.001, momentum=0.9))
         images, labels = _batches(batch, seed=width)
         self.data = [(gpu.asarray(x), gpu.asarray(y)) for x, y in zip(images, labels)]
+        # The loss stays on the GPU, as in fit.
+        self.step = gpu.compile_step(net, nn.CrossEntropyLoss().to("cupy"),
+                                     optim.SGD(net.parameters(), lr=0.001, momentum=0.9), batch,
+                                     label_pool=cupy.concatenate([y for _, y in self.data]), capture=self.capture)
 
     def run(self, steps):
         for step in range(steps):
@@ -75,24 +76,7 @@ class ScratchnetCupy(ScratchnetCupyEager):
     """Steps through the captured CUDA graph (the warm-up steps capture it), as ``fit`` trains."""
 
     name = "scratchnet-cupy"
-
-    def __init__(self, width, batch):
-        super().__init__(width, batch)
-        self.step = CapturedStep(self.step, batch, label_pool=self.cupy.concatenate([y for _, y in self.data]))
-
-
-def _torch_tutorial_net(torch, width):
-    """The tutorial's Net with both conv channel counts times ``width``, as the same torch ops."""
-    c1, c2 = 6 * width, 16 * width
-    layers = torch.nn
-    return layers.Sequential(
-        layers.Conv2d(3, c1, 5), layers.ReLU(), layers.MaxPool2d(2, 2),
-        layers.Conv2d(c1, c2, 5), layers.ReLU(), layers.MaxPool2d(2, 2),
-        layers.Flatten(),
-        layers.Linear(c2 * 5 * 5, 120), layers.ReLU(),
-        layers.Linear(120, 84), layers.ReLU(),
-        layers.Linear(84, 10),
-    )
+    capture = True
 
 
 class TorchCuda:
@@ -103,7 +87,9 @@ class TorchCuda:
 
         self.torch = torch
         torch.manual_seed(0)
-        self.net = _torch_tutorial_net(torch, width).cuda()
+        from reference.tutorial import Net as TorchNet
+
+        self.net = TorchNet(width).cuda()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.001, momentum=0.9)
         self.criterion = torch.nn.CrossEntropyLoss()
         images, labels = _batches(batch, seed=width)

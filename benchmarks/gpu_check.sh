@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 echo "== tests (cupy cases and the CUDA source compile check) =="
 timeout 180 python3 -m pytest -q -rs -p no:cacheprovider \
     tests/test_cupy_backend.py tests/test_cuda_sources.py tests/test_ops.py tests/test_optim.py \
-    tests/test_bad_input.py tests/test_training_parity.py -k "cupy or cuda_source" \
+    tests/test_bad_input.py tests/test_training_parity.py tests/test_compile_step.py -k "cupy or cuda_source" \
     2>&1 | tee "$RESULTS_DIR/gpu_check_pytest_${card}.log"
 tests_status=${PIPESTATUS[0]}
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from reference.tutorial import Net as TorchNet
-from scratchnet import nn, optim
+from scratchnet import backends, nn, optim, report
 from scratchnet.files import write_json
 from scratchnet.models import Net
 
@@ -59,20 +59,15 @@ def torch_step(batch_size, threads):
 
 
 def scratchnet_step(batch_size, backend, threads=None):
+    """The step ``fit`` trains with: the backend's compiled step of the model."""
     if threads:
         numba.set_num_threads(threads)
     images, labels = _batch(batch_size)
     net = Net(seed=0).to(backend)
     optimizer = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     criterion = nn.CrossEntropyLoss().to(backend)  # as the training CLI does
-
-    def step():
-        optimizer.zero_grad()
-        criterion(net(images), labels)
-        net.backward(criterion.backward())
-        optimizer.step()
-
-    return step
+    step = backends.get(backend).compile_step(net, criterion, optimizer, batch_size, label_pool=labels)
+    return lambda: step(images, labels)
 
 
 CONTENDERS = {
@@ -161,15 +156,8 @@ def matmul_peak(threads):
 _FIRST_STEP = """
 import time
 start = time.perf_counter()
-import numpy as np
-from scratchnet import nn, optim
-from scratchnet.models import Net
-net = Net(seed=0).to("numba")
-optimizer = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-criterion = nn.CrossEntropyLoss().to("numba")
-criterion(net(np.zeros((4, 3, 32, 32), np.float32)), np.zeros(4, np.int64))
-net.backward(criterion.backward())
-optimizer.step()
+from benchmarks.train_step import scratchnet_step
+scratchnet_step(4, "numba")()
 print(time.perf_counter() - start)
 """
 
@@ -194,16 +182,8 @@ def _threading_layer():
 
 
 def machine():
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return {
-        "cpu": model,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **report.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,

@@ -28,14 +28,15 @@ WEIGHTS_FILE = "cifar_net.pth"
 
 
 class Net(nn.Module):
-    """The tutorial's network, verbatim."""
+    """The tutorial's network, verbatim; ``width`` multiplies both conv channel counts
+    (the tutorial's "make it wider" exercise, as ``scratchnet.models.Net(width)``)."""
 
-    def __init__(self):
+    def __init__(self, width=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv1 = nn.Conv2d(3, 6 * width, 5)
         self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.conv2 = nn.Conv2d(6 * width, 16 * width, 5)
+        self.fc1 = nn.Linear(16 * width * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, 10)
 

@@ -8,6 +8,8 @@ whose modules name themselves as the caller.
 
 import numpy as np
 
+from scratchnet.backends.base import check_class_indices, conv_output_size, pool_output_size
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -56,23 +58,6 @@ def positive_pair(value, argument, caller):
     return parsed
 
 
-def conv_output_size(size, kernel, stride, padding_before, padding_after, dilation):
-    """Output length of a convolution along one axis (torch's formula, floor division)."""
-    return (size + padding_before + padding_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    """Output length of a pooling along one axis. In ceil mode torch drops a last window
-    that would start inside the right padding, so every window starts on the input or the left padding."""
-    reach = size + 2 * padding - dilation * (kernel - 1) - 1
-    if not ceil_mode:
-        return reach // stride + 1
-    out = -(-reach // stride) + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
 def check_float_input(x, ranks, form, caller):
     if x.ndim not in ranks:
         raise ValueError(f"{caller} expects a {form} input, got shape {tuple(x.shape)}")
@@ -112,8 +97,7 @@ class Conv2dArguments:
         self.caller = caller
 
     def output_hw(self, h, w):
-        return tuple(conv_output_size(size, k, s, before, after, d) for size, k, s, (before, after), d
-                     in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
+        return _conv_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation)
 
     def check_input(self, x):
         """Refuse an input this convolution cannot take, as torch does."""
@@ -128,6 +112,12 @@ class Conv2dArguments:
         if padded[0] < effective[0] or padded[1] < effective[1]:
             raise ValueError(f"{self.caller}: input of shape {tuple(x.shape)} (padded to {padded[0]}x{padded[1]}) "
                              f"is smaller than the kernel {effective[0]}x{effective[1]} (dilated)")
+
+
+def _conv_output_hw(hw, kernel, stride, padding, dilation):
+    """Output (H, W): the padded size against the dilated kernel."""
+    return tuple(conv_output_size(size + before + after, d * (k - 1) + 1, s) for size, k, s, (before, after), d
+                 in zip(hw, kernel, stride, padding, dilation))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -270,24 +260,13 @@ class CrossEntropyArguments:
         return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
 
 
-def check_class_indices(labels, classes, ignore_index, caller):
-    """Raise a ValueError naming ``caller`` unless every label lies in [0, classes) or is ``ignore_index``."""
-    counted = labels[labels != ignore_index]
-    if counted.size == 0:
-        return
-    low, high = int(counted.min()), int(counted.max())
-    if low < 0 or high >= classes:
-        raise ValueError(f"{caller}: labels must lie in [0, {classes - 1}] for {classes} classes "
-                         f"(or equal ignore_index={ignore_index}), got {low}..{high}")
-
-
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """torch.nn.functional.cross_entropy from logits, with class-index or class-probability targets."""
     args = CrossEntropyArguments(weight, ignore_index, reduction, label_smoothing, "cross_entropy")
     probabilities = args.check(input, target)
     logit_rows, target_rows = args.rows(input, target, probabilities)
     if not probabilities:
-        check_class_indices(target_rows, logit_rows.shape[1], args.ignore_index, "cross_entropy")
+        check_class_indices(target_rows, logit_rows.shape[1], "cross_entropy", args.ignore_index)
     loss, _ = cross_entropy_forward(logit_rows, target_rows, weight, args.ignore_index, reduction, label_smoothing)
     return args.unrows(loss, input.shape) if reduction == "none" else loss
 
@@ -308,8 +287,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     """Cross-correlation of NCHW ``x`` with (O, C / groups, KH, KW) ``weight``: per group one matmul over im2col."""
     n, c, h, w = x.shape
     out_c, group_c, kh, kw = weight.shape
-    out_hw = tuple(conv_output_size(size, k, s, before, after, d) for size, k, s, (before, after), d
-                   in zip((h, w), (kh, kw), stride, padding, dilation))
+    out_hw = _conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     padded = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
     cols = _windows(padded, (kh, kw), stride, dilation, out_hw).reshape(n, groups, group_c * kh * kw, -1)
     y = np.matmul(weight.reshape(groups, out_c // groups, -1), cols).reshape((n, out_c) + out_hw)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from scratchnet import backends
+from scratchnet.backends.base import check_class_indices, conv_output_size
 from scratchnet.random import default_generator
 
 
@@ -172,8 +173,8 @@ def _float_dtype(target):
 
 
 def _param_grads(layer):
-    """Where a backward adds ``layer``'s weight and bias gradients: the backend writes them
-    straight into ``.grad`` (accumulating, as autograd does), with no temporaries."""
+    """Where a backward adds ``layer``'s weight and bias gradients: straight into ``.grad``
+    (accumulating, as autograd does)."""
     return layer.weight.grad, (layer.bias.grad if layer.bias is not None else None)
 
 
@@ -208,21 +209,19 @@ class Conv2d(Module):
         bound = 1 / math.sqrt(in_channels * kh * kw)
         self.weight = Parameter(_uniform((out_channels, in_channels, kh, kw), bound, rng))
         self.bias = Parameter(_uniform((out_channels,), bound, rng)) if bias else None
-        self.need_input_grad = True
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding})")
 
     def forward(self, x):
-        self._check_conv_input(x)
+        self._y_shape = self.output_shape(x)
         self._x = x
         bias = self.bias.data if self.bias is not None else None
-        y = self.backend.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
-        self._y_shape = y.shape
-        return y
+        return self.backend.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
 
-    def _check_conv_input(self, x):
+    def output_shape(self, x):
+        """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
         self._check_input(x, 4, "(N, C, H, W)")
         n, c, h, w = x.shape
         kh, kw = self.kernel_size
@@ -233,14 +232,15 @@ class Conv2d(Module):
                 f"{self!r}: input of shape {tuple(x.shape)} (padded to {h + 2 * self.padding}x"
                 f"{w + 2 * self.padding}) is smaller than the kernel {kh}x{kw}"
             )
+        return (n, self.out_channels, conv_output_size(h, kh, self.stride, self.padding),
+                conv_output_size(w, kw, self.stride, self.padding))
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
+        """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, self._y_shape)
-        grad_x, _, _ = self.backend.conv2d_backward(
-            x, self.weight.data, grad_out, self.stride, self.padding, self.need_input_grad, *_param_grads(self)
-        )
-        return grad_x
+        return self.backend.conv2d_backward(x, self.weight.data, grad_out, self.stride, self.padding,
+                                            *_param_grads(self), need_input_grad)
 
 
 class Linear(Module):
@@ -253,58 +253,28 @@ class Linear(Module):
         bound = 1 / math.sqrt(in_features)
         self.weight = Parameter(_uniform((out_features, in_features), bound, rng))
         self.bias = Parameter(_uniform((out_features,), bound, rng)) if bias else None
-        self.need_input_grad = True
 
     def __repr__(self):
         return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
 
     def forward(self, x):
-        self._check_linear_input(x)
+        self.output_shape(x)
         self._x = x
         bias = self.bias.data if self.bias is not None else None
         return self.backend.linear_forward(x, self.weight.data, bias)
 
-    def _check_linear_input(self, x):
+    def output_shape(self, x):
+        """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
         self._check_input(x, 2, "(N, features)")
         if x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects {self.in_features} input features, got input of shape {tuple(x.shape)}")
+        return x.shape[0], self.out_features
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
+        """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, (x.shape[0], self.out_features))
-        grad_x, _, _ = self.backend.linear_backward(x, self.weight.data, grad_out, self.need_input_grad,
-                                                    *_param_grads(self))
-        return grad_x
-
-
-class LinearReLU(Module):
-    """``relu(linear(x))`` as one layer: one backend call each way instead of two.
-
-    It wraps an existing ``linear`` layer, so parameters keep its names and the
-    results equal running the two layers in sequence.
-    """
-
-    def __init__(self, linear):
-        super().__init__()
-        self.linear = linear
-
-    def __repr__(self):
-        return f"LinearReLU({self.linear!r})"
-
-    def forward(self, x):
-        linear = self.linear
-        linear._check_linear_input(x)
-        self._x = x
-        bias = linear.bias.data if linear.bias is not None else None
-        self._y = self.backend.linear_relu_forward(x, linear.weight.data, bias)
-        return self._y
-
-    def backward(self, grad_out):
-        x, linear = self._saved("_x"), self.linear
-        grad_out = self._grad_out(grad_out, self._y.shape)
-        grad_x, _, _ = self.backend.linear_relu_backward(
-            x, linear.weight.data, self._y, grad_out, linear.need_input_grad, *_param_grads(linear))
-        return grad_x
+        return self.backend.linear_backward(x, self.weight.data, grad_out, *_param_grads(self), need_input_grad)
 
 
 class MaxPool2d(Module):
@@ -322,52 +292,23 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         self._check_input(x, 4, "(N, C, H, W)")
-        if min(x.shape[2:]) < self.kernel_size:
-            raise ValueError(f"{self!r}: input of shape {tuple(x.shape)} is smaller than the kernel")
+        self.output_shape(x.shape)
         self._x_shape = x.shape
         y, self._indices = self.backend.max_pool2d_forward(x, self.kernel_size, self.stride)
         return y
+
+    def output_shape(self, input_shape):
+        """The output's shape for an input of ``input_shape``; a ValueError naming the layer if too small."""
+        n, c, h, w = input_shape
+        if min(h, w) < self.kernel_size:
+            raise ValueError(f"{self!r}: input of shape {tuple(input_shape)} is smaller than the kernel")
+        return (n, c, conv_output_size(h, self.kernel_size, self.stride),
+                conv_output_size(w, self.kernel_size, self.stride))
 
     def backward(self, grad_out):
         indices = self._saved("_indices")
         grad_out = self._grad_out(grad_out, indices.shape)
         return self.backend.max_pool2d_backward(grad_out, indices, self._x_shape, self.kernel_size, self.stride)
-
-
-class Conv2dReLUMaxPool2d(Module):
-    """``pool(relu(conv(x)))`` as one layer: one fused backend call each way instead of three.
-
-    It wraps existing ``conv`` and ``pool`` layers, so parameters keep the conv's
-    names and the results equal running the three layers in sequence.
-    """
-
-    def __init__(self, conv, pool):
-        super().__init__()
-        self.conv, self.pool = conv, pool
-
-    def __repr__(self):
-        return f"Conv2dReLUMaxPool2d({self.conv!r}, {self.pool!r})"
-
-    def forward(self, x):
-        conv, pool = self.conv, self.pool
-        conv._check_conv_input(x)
-        out_hw = [(size + 2 * conv.padding - k) // conv.stride + 1 for size, k in zip(x.shape[2:], conv.kernel_size)]
-        if min(out_hw) < pool.kernel_size:
-            raise ValueError(f"{pool!r}: input of shape {(x.shape[0], conv.out_channels, *out_hw)} is smaller than the kernel")
-        self._x = x
-        bias = conv.bias.data if conv.bias is not None else None
-        y, self._saved_for_backward = self.backend.conv2d_relu_max_pool2d_forward(
-            x, conv.weight.data, bias, conv.stride, conv.padding, pool.kernel_size, pool.stride)
-        self._y_shape = y.shape
-        return y
-
-    def backward(self, grad_out):
-        x, conv, pool = self._saved("_x"), self.conv, self.pool
-        grad_out = self._grad_out(grad_out, self._y_shape)
-        grad_x, _, _ = self.backend.conv2d_relu_max_pool2d_backward(
-            x, conv.weight.data, self._saved_for_backward, grad_out, conv.stride, conv.padding,
-            pool.kernel_size, pool.stride, conv.need_input_grad, *_param_grads(conv))
-        return grad_x
 
 
 class ReLU(Module):
@@ -403,10 +344,20 @@ class Flatten(Module):
 
 
 class Sequential(Module):
+    """Layers run in order, as torch.nn.Sequential: ``Sequential(a, b, ...)`` names them
+    "0", "1", ...; ``Sequential(OrderedDict(name=layer, ...))`` keeps the given names, which
+    become the ``state_dict`` prefixes. Backends' ``compile_step`` fuses runs of its layers."""
+
     def __init__(self, *modules):
         super().__init__()
-        for index, module in enumerate(modules):
-            setattr(self, str(index), module)
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            named = modules[0].items()
+        else:
+            named = ((str(index), module) for index, module in enumerate(modules))
+        for name, module in named:
+            if not isinstance(module, Module):
+                raise TypeError(f"Sequential: {name!r} is a {type(module).__name__}, not a scratchnet module")
+            setattr(self, name, module)
 
     def __repr__(self):
         inner = ", ".join(repr(m) for m in self._children.values())
@@ -414,6 +365,9 @@ class Sequential(Module):
 
     def __getitem__(self, index):
         return list(self._children.values())[index]
+
+    def __iter__(self):
+        return iter(self._children.values())
 
     def __len__(self):
         return len(self._children)
@@ -468,13 +422,6 @@ class CrossEntropyLoss(Module):
         """d loss / d logits (the loss being a scalar, no incoming gradient is needed)."""
         probs = self._saved("_probs")
         return self.backend.cross_entropy_backward(probs, self._labels)
-
-
-def check_class_indices(labels, classes, what):
-    """Raise a ValueError naming ``what`` unless every label lies in [0, classes)."""
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= classes:
-        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes, got {low}..{high}")
 
 
 def _backend_of(array, current):

@@ -5,7 +5,6 @@ printout, and leaves a run folder with the weights (``cifar_net.npz``), ``metric
 and PNG plots.
 """
 
-import functools
 import os
 import sys
 import time
@@ -14,7 +13,6 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchnet import backends, checkpoint, cli, nn, plots, report
-from scratchnet.cuda_graph import CapturedStep
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.evaluate import evaluate
 from scratchnet.models import Net
@@ -27,20 +25,7 @@ class TrainingDiverged(RuntimeError):
     """The loss (or a weight) stopped being finite; the message names the epoch and step."""
 
 
-def train_step(net, criterion, optimizer, images, labels, check_label_values=True):
-    """One step of the tutorial's loop: zero_grad, forward, loss, backward, SGD update.
-
-    Return (logits, loss), both still on the backend (the loss a 0-d array).
-    """
-    optimizer.zero_grad()
-    logits = net(images)
-    loss = criterion.forward_array(logits, labels, check_label_values)
-    net.backward(criterion.backward())
-    optimizer.step()
-    return logits, loss
-
-
-def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, cuda_graph=True):
+def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
@@ -50,13 +35,13 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(epoch, step)``
     runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs, steps) on the host.
 
-    On the cupy backend with ``cuda_graph``, full batches replay one captured CUDA graph
-    of the step (``scratchnet.cuda_graph``); the results are bit-identical to eager steps.
+    Each step is the backend's compiled form of the model's training step
+    (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
+    a GPU), whose results equal the eager step's.
     """
     xp = loader.backend.xp
-    take_step = functools.partial(train_step, net, criterion, optimizer)
-    if cuda_graph and loader.backend.name == "cupy":
-        take_step = CapturedStep(take_step, loader.batch_size, label_pool=loader.targets)
+    take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
+                                            label_pool=loader.targets, capture=capture)
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = [], [], []
     for epoch in range(1, epochs + 1):
@@ -102,8 +87,8 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
-    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
-                        help="cupy backend: run every step eagerly instead of replaying a captured CUDA graph")
+    parser.add_argument("--no-cuda-graph", dest="capture", action="store_false",
+                        help="GPU: run every step eagerly instead of replaying a captured CUDA graph")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError):
@@ -138,7 +123,7 @@ def run(args):
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
             loss_curve, epoch_losses, _ = fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
                                               on_log=save_checkpoint, progress=sys.stderr.isatty(),
-                                              cuda_graph=args.cuda_graph)
+                                              capture=args.capture)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")

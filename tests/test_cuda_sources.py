@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from scratchnet.backends import cuda_general_sources, cuda_sources
+from scratchnet.backends.cupy import cuda_general_sources, cuda_sources
 
 NVCC = shutil.which("nvcc")
 

@@ -13,10 +13,10 @@ import pytest
 
 from harness import relative_error
 from scratchnet import backends, nn, optim
-from scratchnet.cuda_graph import CapturedStep
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
-from scratchnet.train import fit, train_step
+from scratchnet.step import eager_step
+from scratchnet.train import fit
 
 
 def _cupy_or_reason():
@@ -61,49 +61,56 @@ def test_loss_stays_on_the_device(gpu):
     assert isinstance(loss, gpu.xp.ndarray) and loss.shape == ()
 
 
-def _conv_case(rng):
-    n, c, o = (int(v) for v in rng.integers(1, 7, size=3))
-    kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
-    stride, padding = int(rng.integers(1, 4)), int(rng.integers(0, 3))
-    h, w = (int(v) for v in rng.integers(max(kh, kw), 20, size=2))
-    return n, c, o, h, w, kh, kw, stride, padding
+def _backward(backend, op, x, weight, grad_y, *geometry):
+    """``op``'s input, weight and bias gradients, added (as the contract says) into fresh zero arrays."""
+    grad_weight, grad_bias = backend.xp.zeros_like(weight), backend.xp.zeros(weight.shape[0], dtype=weight.dtype)
+    grad_x = getattr(backend, op)(x, weight, grad_y, *geometry, grad_weight, grad_bias)
+    return grad_x, grad_weight, grad_bias
+
+
+def _assert_routes_match_numpy(gpu, route, cases, forward, backward):
+    """Each case's (x, weight, bias, geometry) through ``forward`` and ``backward`` on the GPU and on numpy."""
+    reference = backends.get("numpy")
+    for x, weight, bias, geometry in cases:
+        want_y = getattr(reference, forward)(x, weight, bias, *geometry)
+        grad_y = np.random.default_rng(x.size).standard_normal(want_y.shape)
+        want = _backward(reference, backward, x, weight, grad_y, *geometry)
+        on_gpu = [gpu.asarray(a) for a in (x, weight, bias, grad_y)]
+        y = getattr(gpu, forward)(*on_gpu[:3], *geometry)
+        got = _backward(gpu, backward, on_gpu[0], on_gpu[1], on_gpu[3], *geometry)
+        for label, ours, theirs in [("forward", y, want_y)] + list(zip(("grad x", "grad w", "grad b"), got, want)):
+            error = relative_error(gpu.to_numpy(ours), theirs)
+            assert error <= 1e-10, f"{route} {label} for x {x.shape}, weight {weight.shape}, {geometry}: {error:.2e}"
+
+
+def _conv_cases(count):
+    rng = np.random.default_rng(5)
+    for _ in range(count):
+        n, c, o = (int(v) for v in rng.integers(1, 7, size=3))
+        kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+        stride, padding = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+        h, w = (int(v) for v in rng.integers(max(kh, kw), 20, size=2))
+        yield (rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o),
+               (stride, padding))
+
+
+def _dense_cases(count):
+    rng = np.random.default_rng(9)
+    for _ in range(count):
+        rows, fin, fout = (int(v) for v in rng.integers(1, 40, size=3))
+        yield rng.standard_normal((rows, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout), ()
 
 
 @pytest.mark.parametrize("route", ["direct", "im2col_gemm"])
 def test_both_conv_routes_match_numpy_in_float64(gpu, route, monkeypatch):
     monkeypatch.setattr(gpu, "direct_conv_max_macs", 1 << 62 if route == "direct" else 0)
-    reference = backends.get("numpy")
-    rng = np.random.default_rng(5)
-    for _ in range(30):
-        n, c, o, h, w, kh, kw, stride, padding = _conv_case(rng)
-        x, weight = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw))
-        bias = rng.standard_normal(o)
-        want_y = reference.conv2d_forward(x, weight, bias, stride, padding)
-        grad_y = rng.standard_normal(want_y.shape)
-        want = reference.conv2d_backward(x, weight, grad_y, stride, padding)
-        y = gpu.conv2d_forward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(bias), stride, padding)
-        got = gpu.conv2d_backward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(grad_y), stride, padding)
-        for label, ours, theirs in [("forward", y, want_y)] + list(zip(("grad x", "grad w", "grad b"), got, want)):
-            error = relative_error(gpu.to_numpy(ours), theirs)
-            assert error <= 1e-10, f"{route} {label} for {(n, c, o, h, w, kh, kw, stride, padding)}: {error:.2e}"
+    _assert_routes_match_numpy(gpu, route, _conv_cases(30), "conv2d_forward", "conv2d_backward")
 
 
 @pytest.mark.parametrize("route", ["direct", "cublas"])
 def test_both_dense_routes_match_numpy_in_float64(gpu, route, monkeypatch):
     monkeypatch.setattr(gpu, "direct_matmul_max_macs", 1 << 62 if route == "direct" else 0)
-    reference = backends.get("numpy")
-    rng = np.random.default_rng(9)
-    for _ in range(30):
-        rows, fin, fout = (int(v) for v in rng.integers(1, 40, size=3))
-        x, weight, bias = rng.standard_normal((rows, fin)), rng.standard_normal((fout, fin)), rng.standard_normal(fout)
-        want_y = reference.linear_forward(x, weight, bias)
-        grad_y = rng.standard_normal(want_y.shape)
-        want = reference.linear_backward(x, weight, grad_y)
-        y = gpu.linear_forward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(bias))
-        got = gpu.linear_backward(gpu.asarray(x), gpu.asarray(weight), gpu.asarray(grad_y))
-        for label, ours, theirs in [("forward", y, want_y)] + list(zip(("grad x", "grad w", "grad b"), got, want)):
-            error = relative_error(gpu.to_numpy(ours), theirs)
-            assert error <= 1e-10, f"{route} {label} for {(rows, fin, fout)}: {error:.2e}"
+    _assert_routes_match_numpy(gpu, route, _dense_cases(30), "linear_forward", "linear_backward")
 
 
 def _one_training_step_gradients(gpu, width, batch):
@@ -137,19 +144,19 @@ class _RandomImages:
         return len(self.targets)
 
 
-def _fit_on_gpu(gpu, cuda_graph):
+def _fit_on_gpu(gpu, capture):
     # 30 steps of 4 per epoch, the last one partial (2 images): it runs eagerly between replays.
     loader = DataLoader(_RandomImages(4 * 29 + 2, seed=6), 4, shuffle=True, seed=7, backend=gpu)
     net = Net(seed=2).to("cupy")
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     _, epoch_losses, step_losses = fit(net, nn.CrossEntropyLoss(), optimizer, loader, epochs=2, log_every=7,
-                                       cuda_graph=cuda_graph)
+                                       capture=capture)
     return epoch_losses, step_losses, net.state_dict(), [gpu.to_numpy(b) for b in optimizer.momentum_buffers]
 
 
 def test_graph_replayed_training_equals_eager_training_bit_for_bit(gpu):
-    eager_epochs, eager_steps, eager_weights, eager_momentum = _fit_on_gpu(gpu, cuda_graph=False)
-    epochs, steps, weights, momentum = _fit_on_gpu(gpu, cuda_graph=True)
+    eager_epochs, eager_steps, eager_weights, eager_momentum = _fit_on_gpu(gpu, capture=False)
+    epochs, steps, weights, momentum = _fit_on_gpu(gpu, capture=True)
     assert steps.shape == (2, 30) and np.isfinite(steps).all()
     assert np.array_equal(steps, eager_steps), "per-step losses differ between graph replay and eager steps"
     assert epochs == eager_epochs
@@ -160,10 +167,12 @@ def test_graph_replayed_training_equals_eager_training_bit_for_bit(gpu):
 
 
 def _tutorial_step(captured, label_pool=None):
+    """The plain eager step, or the backend's compiled one replaying a CUDA graph."""
     net = Net(seed=3).to("cupy")
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    step = functools.partial(train_step, net, nn.CrossEntropyLoss(), optimizer)
-    return CapturedStep(step, batch_size=4, label_pool=label_pool) if captured else step
+    if not captured:
+        return functools.partial(eager_step, net, nn.CrossEntropyLoss(), optimizer)
+    return backends.get("cupy").compile_step(net, nn.CrossEntropyLoss(), optimizer, 4, label_pool=label_pool)
 
 
 def test_captured_step_returns_each_steps_outputs(gpu):

@@ -1,4 +1,4 @@
-"""The general numba kernels (``backends/numba_general``) called directly, against torch autograd.
+"""The general numba kernels (``backends/numba/general``) called directly, against torch autograd.
 
 They take what the backends will pass them: C-ordered arrays, parsed pairs, padding as
 top and left offsets (the output shape carries the rest).
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from harness import TOLERANCE, relative_error
 from scratchnet import functional
-from scratchnet.backends import numba_general
+from scratchnet.backends.numba import general as numba_general
 from test_conv2d_features import FEATURES as CONV_FEATURES, conv_case
 from test_cross_entropy_features import FEATURES as LOSS_FEATURES, loss_case, loss_inputs
 from test_max_pool2d_features import FEATURES as POOL_FEATURES, pool_case, pool_input

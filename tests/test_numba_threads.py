@@ -7,11 +7,11 @@ the threaded ones; here the same modules run both ways on the same data.
 import numpy as np
 import pytest
 
-from scratchnet import nn
+from scratchnet import backends, nn, optim
 from scratchnet.models import Net
 
 try:
-    from scratchnet.backends import numba_backend
+    from scratchnet.backends.numba import backend as numba_backend
 except ImportError:  # numba not installed
     numba_backend = None
 
@@ -42,10 +42,29 @@ def _run(module, x):
 def test_threaded_kernels_match_serial(name, monkeypatch):
     x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
     serial = _run(_modules()[name], x)
-    monkeypatch.setattr(numba_backend, "_threaded", lambda batch_size: True)
+    monkeypatch.setattr(numba_backend, "threaded", lambda batch_size: True)
     threaded = _run(_modules()[name], x)
     for expected, got in zip(serial, threaded):
         if expected is None:
             assert got is None
         else:
             np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _compiled_training(steps=3):
+    """Weights after a few steps of the numba backend's compiled (fused) training step."""
+    net = Net(seed=0).to("numba")
+    criterion = nn.CrossEntropyLoss().to("numba")
+    step = backends.get("numba").compile_step(net, criterion, optim.SGD(net.parameters(), lr=0.01, momentum=0.9), 6)
+    rng = np.random.default_rng(2)
+    for _ in range(steps):
+        step(rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 6))
+    return net.state_dict()
+
+
+def test_threaded_fused_step_matches_serial(monkeypatch):
+    serial = _compiled_training()
+    monkeypatch.setattr(numba_backend, "threaded", lambda batch_size: True)
+    threaded = _compiled_training()
+    for name in serial:
+        np.testing.assert_allclose(threaded[name], serial[name], rtol=1e-6, atol=1e-6, err_msg=name)

@@ -1,15 +1,15 @@
 """Backend registry: one small interface, several implementations side by side.
 
-Every backend exposes the same operations (see ``numpy_backend.NumpyBackend``,
-the readable reference); modules in ``scratchnet.nn`` only ever call these.
+Every backend implements one interface (``base.Backend``: each op, its signature and
+contract); ``numpy_backend`` is the readable reference, ``numba`` and ``cupy`` packages.
 """
 
 import importlib
 
 _MODULES = {
     "numpy": "scratchnet.backends.numpy_backend",
-    "numba": "scratchnet.backends.numba_backend",
-    "cupy": "scratchnet.backends.cupy_backend",
+    "numba": "scratchnet.backends.numba",
+    "cupy": "scratchnet.backends.cupy",
 }
 _LOADED = {}
 

@@ -6,7 +6,7 @@ torch's cross-entropy options. Like the rest they gather: one thread per output 
 no atomics, so runs repeat bit for bit.
 """
 
-from scratchnet.backends import cuda_sources
+from scratchnet.backends.cupy import cuda_sources
 
 _BODY = r"""
 // ---- general convolution and max-pool: any stride, padding, dilation, groups ----------

@@ -35,7 +35,9 @@ What replaying relies on:
   decaying them), so the step captured next is the one every later step repeats.
 """
 
-from scratchnet import backends, nn
+import cupy
+
+from scratchnet.backends.base import check_class_indices
 
 
 class CapturedStep:
@@ -43,7 +45,7 @@ class CapturedStep:
 
     ``step(images, labels, check_label_values=True)`` takes cupy arrays (``labels`` class
     indices), returns (logits, loss) and, with ``check_label_values=False``, must neither
-    synchronize with the host nor branch on GPU values (``train.train_step`` qualifies).
+    synchronize with the host nor branch on GPU values (``scratchnet.step``'s steps qualify).
     A call returns the same pair. After a replay they are the graph's static outputs,
     which the next replay overwrites: copy what is to be kept (on the current stream, as
     ``fit`` does, the copy is ordered before that replay). ``label_pool``, when given, holds
@@ -51,9 +53,8 @@ class CapturedStep:
     """
 
     def __init__(self, step, batch_size, label_pool=None):
-        self._cupy = backends.get("cupy").xp
         self._step, self._batch_size, self._label_pool = step, batch_size, label_pool
-        self._stream = self._cupy.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy one
+        self._stream = cupy.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy one
         self._warmed_up = False
         self._capturable = True
         self._graph = None
@@ -75,7 +76,7 @@ class CapturedStep:
         return self._replay(images, labels)
 
     def _on_device(self, images, labels):
-        return isinstance(images, self._cupy.ndarray) and isinstance(labels, self._cupy.ndarray)
+        return isinstance(images, cupy.ndarray) and isinstance(labels, cupy.ndarray)
 
     def _fits_capture(self, images, labels):
         """Whether the batch is laid out as the captured one; anything else runs eagerly, through the step's checks."""
@@ -84,7 +85,6 @@ class CapturedStep:
             == (self._images.shape, self._images.dtype, self._labels.shape, self._labels.dtype))
 
     def _capture(self, images, labels):
-        cupy = self._cupy
         self._images = cupy.empty(images.shape, dtype=images.dtype)
         self._labels = cupy.empty(labels.shape, dtype=labels.dtype)
         self._pool = cupy.cuda.MemoryPool()  # lives as long as the graph that uses its memory
@@ -102,14 +102,14 @@ class CapturedStep:
         self._logits, self._loss = outputs
         self._graph = graph
         if self._label_pool is not None:
-            nn.check_class_indices(self._label_pool, self._logits.shape[1], "CapturedStep label_pool")
+            check_class_indices(self._label_pool, self._logits.shape[1], "CapturedStep label_pool")
 
     def _replay(self, images, labels):
         if self._label_pool is None:
-            nn.check_class_indices(labels, self._logits.shape[1], "CapturedStep")
+            check_class_indices(labels, self._logits.shape[1], "CapturedStep")
         # On the current stream, as the graph launch: ordered after the batch was made and after
         # the previous replay's outputs were read.
-        self._cupy.copyto(self._images, images)
-        self._cupy.copyto(self._labels, labels)
+        cupy.copyto(self._images, images)
+        cupy.copyto(self._labels, labels)
         self._graph.launch()
         return self._logits, self._loss

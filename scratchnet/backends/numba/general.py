@@ -1,6 +1,6 @@
 """General convolution and max-pool kernels: any stride, padding, dilation, groups, ceil mode.
 
-The tutorial's configuration keeps the shifted-plane and fused kernels of ``numba_backend``;
+The tutorial's configuration keeps the shifted-plane and fused kernels of ``conv``;
 every other configuration is meant to run here. Each parallel loop owns whole output planes (forward, input
 gradient) or whole output channels (weight gradient), so no two iterations write one
 element and results never depend on the thread count.

@@ -1,4 +1,4 @@
-"""The GPU backend: the NumpyBackend interface on CuPy arrays, computed by our own CUDA kernels.
+"""The GPU backend: the ``Backend`` interface on CuPy arrays, computed by our own CUDA kernels.
 
 The kernels live in ``cuda_sources`` (compiled by CuPy's NVRTC once per float
 type); large dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
@@ -11,22 +11,24 @@ go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
 Both routes are deterministic: cuBLAS on one stream is, and our kernels never
 use atomics. Dense products split the same way: small ones (the tutorial's
 linear layers) run our one-launch ``matmul_direct``, which also lets a training
-step be captured into a CUDA graph (``scratchnet.cuda_graph``): CuPy refuses
+step be captured into a CUDA graph (``graph``, returned by ``compile_step``): CuPy refuses
 cuBLAS calls during stream capture.
 """
 
 import cupy as cp
 import numpy as np
 
-from scratchnet.backends import BackendError, cuda_sources
-from scratchnet.backends.numpy_backend import NumpyBackend, accumulate
+from scratchnet.backends import BackendError
+from scratchnet.backends.base import Backend, conv_output_size
+from scratchnet.backends.cupy import cuda_sources
+from scratchnet.backends.cupy.graph import CapturedStep
 
 _THREADS = 256
 # Enough blocks to fill any current GPU; grid-stride loops cover the rest.
 _MAX_BLOCKS = 65535
 
 
-class CupyBackend:
+class CupyBackend(Backend):
     name = "cupy"
     xp = cp
 
@@ -89,8 +91,7 @@ class CupyBackend:
     def _conv_shapes(x, weight, stride, padding):
         n, c, h, w = x.shape
         out_c, _, kh, kw = weight.shape
-        out_h = (h + 2 * padding - kh) // stride + 1
-        out_w = (w + 2 * padding - kw) // stride + 1
+        out_h, out_w = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
         return n, c, h, w, out_c, kh, kw, out_h, out_w
 
     def _is_direct(self, n, c, out_c, kh, kw, out_h, out_w):
@@ -122,11 +123,12 @@ class CupyBackend:
                 rows, bias_arg, y, *_ints(n, out_c, out_h * out_w), has_bias))
         return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, need_input_grad=True, grad_weight=None,
-                        grad_bias=None):
-        """As NumpyBackend's: given ``grad_weight`` / ``grad_bias``, the gradients are added into them."""
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
         grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, stride, padding, need_input_grad)
-        return grad_x, accumulate(grad_weight, weight_sum), accumulate(grad_bias, bias_sum)
+        grad_weight += weight_sum
+        if grad_bias is not None:
+            grad_bias += bias_sum
+        return grad_x
 
     def _conv2d_gradients(self, x, weight, grad_y, stride, padding, need_input_grad):
         """Return (grad_x or None, grad_weight, grad_bias), all new arrays."""
@@ -162,8 +164,7 @@ class CupyBackend:
         """Return (y, indices); ties go to the first element in scan order, as in torch."""
         x = cp.ascontiguousarray(x)
         n, c, h, w = x.shape
-        out_h = (h - kernel) // stride + 1
-        out_w = (w - kernel) // stride + 1
+        out_h, out_w = conv_output_size(h, kernel, stride), conv_output_size(w, kernel, stride)
         y = cp.empty((n, c, out_h, out_w), dtype=x.dtype)
         indices = cp.empty(y.shape, dtype=cp.int64)
         self._launch(x.dtype, "max_pool2d_forward", y.size, (
@@ -215,15 +216,17 @@ class CupyBackend:
     def linear_forward(self, x, weight, bias):
         return self._matmul(x, weight.T, bias)
 
-    def linear_backward(self, x, weight, grad_y, need_input_grad=True, grad_weight=None, grad_bias=None):
-        """As NumpyBackend's: given ``grad_weight`` / ``grad_bias``, the gradients are added into them."""
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
         grad_y = cp.ascontiguousarray(grad_y)
         rows, features = grad_y.shape
         grad_x = self._matmul(grad_y, weight) if need_input_grad else None
         bias_sum = cp.empty(features, dtype=grad_y.dtype)
         self._launch_blocks(grad_y.dtype, "reduce_sum", features, (
             grad_y, bias_sum, np.int64(rows), np.int64(features), np.int64(1)))
-        return grad_x, accumulate(grad_weight, self._matmul(grad_y.T, x)), accumulate(grad_bias, bias_sum)
+        grad_weight += self._matmul(grad_y.T, x)
+        if grad_bias is not None:
+            grad_bias += bias_sum
+        return grad_x
 
     # ---- loss --------------------------------------------------------------------
 
@@ -246,21 +249,10 @@ class CupyBackend:
         self._launch(probs.dtype, "cross_entropy_backward", grad.size, (probs, labels, grad, *_ints(n, classes)))
         return grad
 
-    # ---- fused blocks ------------------------------------------------------------------
-    # The composed versions call only this backend's own primitives, so they run on the GPU.
-    conv2d_relu_max_pool2d_forward = NumpyBackend.conv2d_relu_max_pool2d_forward
-    conv2d_relu_max_pool2d_backward = NumpyBackend.conv2d_relu_max_pool2d_backward
-    linear_relu_forward = NumpyBackend.linear_relu_forward
-    linear_relu_backward = NumpyBackend.linear_relu_backward
-
     # ---- optimizer -----------------------------------------------------------------
 
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-        """One torch.optim.SGD update, in place on ``param`` and ``buf`` (contiguous GPU arrays).
-
-        ``first`` says the momentum buffer is fresh: torch then copies the gradient
-        into it instead of applying dampening.
-        """
+        """In place, so the arrays must be contiguous."""
         for array, what in ((param, "param"), (grad, "grad"), (buf, "momentum buffer")):
             if not array.flags.c_contiguous:
                 raise ValueError(f"sgd_step updates in place and needs a contiguous {what}")
@@ -269,8 +261,15 @@ class CupyBackend:
             param, grad, buf, np.int64(param.size), real(lr), real(momentum), real(1 - dampening),
             real(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))
 
-    # One call per parameter either way: the composed loop over this backend's sgd_step.
-    sgd_steps = NumpyBackend.sgd_steps
+    # ---- the training step ---------------------------------------------------------------
+
+    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
+        """The fused step, as numba's (here the fused blocks are composed of this backend's kernels);
+        with ``capture``, batches of ``batch_size`` replay it from a CUDA graph, bit-identical to eager steps."""
+        from scratchnet.step import FusedStep  # the step drives nn modules, which import the backends
+
+        step = FusedStep(model, criterion, optimizer)
+        return CapturedStep(step, batch_size, label_pool=label_pool) if capture else step
 
 
 def _ints(*values):

@@ -1,0 +1,181 @@
+"""The backend interface: every operation a backend provides, its signature and its contract.
+
+``nn`` modules, the optimizer and the training step call nothing but these methods, so
+a backend is exactly this class filled in. ``NumpyBackend`` is the readable reference;
+``numba`` and ``cupy`` implement the same methods with their own kernels, and the tests
+hold all of them to torch autograd.
+
+The contract every op keeps:
+
+* Layouts follow torch: activations NCHW, conv weights (O, C, KH, KW), linear weights
+  (out, in). Max-pool indices are flat positions ``h * W + w`` inside each input plane,
+  like torch's ``return_indices``.
+* Ops never modify their inputs, and take arrays of any strides.
+* One gradient contract: a backward op is handed the parameters' gradient arrays
+  (``grad_weight``, ``grad_bias``: the parameters' ``.grad``; ``grad_bias`` is None for a
+  layer without bias) and *adds* its gradients into them, as autograd accumulates. It
+  returns only the input gradient, or None when ``need_input_grad`` is False.
+* Losses come back as 0-d arrays on the backend, so a GPU need not wait for the host.
+* Arrays never cross devices silently: ``asarray`` and ``to_numpy`` are the only moves,
+  and ``check_array`` refuses an array of another device.
+"""
+
+import functools
+
+
+def conv_output_size(size, kernel, stride=1, padding=0):
+    """Output length of a convolution (or floor-mode pooling) along one axis, as torch computes it."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """Output length of a max-pool along one axis. In ceil mode torch drops a last window
+    that would start inside the right padding, so every window starts on the input or the left padding."""
+    reach = size + 2 * padding - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return reach // stride + 1
+    out = -(-reach // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def check_class_indices(labels, classes, what, ignore_index=None):
+    """Raise a ValueError naming ``what`` unless every label lies in [0, classes) or equals ``ignore_index``."""
+    counted = labels if ignore_index is None else labels[labels != ignore_index]
+    if counted.size == 0:
+        return
+    low, high = int(counted.min()), int(counted.max())
+    if low < 0 or high >= classes:
+        ignored = "" if ignore_index is None else f" (or equal ignore_index={ignore_index})"
+        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes{ignored}, "
+                         f"got {low}..{high}")
+
+
+class Backend:
+    """The interface. ``name`` is the registry's name; ``xp`` the array module (numpy or cupy)."""
+
+    name = None
+    xp = None
+
+    # ---- arrays -----------------------------------------------------------------
+
+    def asarray(self, array, dtype=None):
+        """A host (numpy) array brought onto this backend, contiguous, cast to ``dtype`` if given."""
+        raise NotImplementedError
+
+    def to_numpy(self, array):
+        """A host copy (or view) of one of this backend's arrays."""
+        raise NotImplementedError
+
+    def check_array(self, array, what):
+        """Raise a TypeError unless ``array`` lives on this backend. ``what`` names the caller;
+        it is formatted only for the message, so a module can pass itself cheaply."""
+        raise NotImplementedError
+
+    # ---- conv2d ----------------------------------------------------------------
+
+    def conv2d_forward(self, x, weight, bias, stride, padding):
+        """Cross-correlation of (N, C, H, W) ``x`` with ``weight``; ``bias`` may be None."""
+        raise NotImplementedError
+
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
+        """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias``; return grad_x or None."""
+        raise NotImplementedError
+
+    # ---- max-pool --------------------------------------------------------------
+
+    def max_pool2d_forward(self, x, kernel, stride):
+        """Floor-mode max-pool. Return (y, indices); ties go to the first element in scan order, as in torch."""
+        raise NotImplementedError
+
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+        """Each output gradient routed to its argmax (summed where windows overlap)."""
+        raise NotImplementedError
+
+    # ---- element-wise and dense ----------------------------------------------------
+
+    def relu_forward(self, x):
+        raise NotImplementedError
+
+    def relu_backward(self, grad_y, y):
+        """``grad_y`` where the forward's output ``y`` is positive, else 0."""
+        raise NotImplementedError
+
+    def linear_forward(self, x, weight, bias):
+        """``x @ weight.T + bias`` for (N, in) ``x``; ``bias`` may be None."""
+        raise NotImplementedError
+
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
+        """As ``conv2d_backward``: gradients added into ``grad_weight`` / ``grad_bias``; return grad_x or None."""
+        raise NotImplementedError
+
+    # ---- loss --------------------------------------------------------------------
+
+    def cross_entropy_forward(self, logits, labels):
+        """Mean softmax cross-entropy of (N, classes) logits. Return (loss as a 0-d array, probabilities)."""
+        raise NotImplementedError
+
+    def cross_entropy_backward(self, probs, labels):
+        """d mean loss / d logits, from the forward's probabilities."""
+        raise NotImplementedError
+
+    # ---- optimizer -----------------------------------------------------------------
+
+    def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+        """One torch.optim.SGD update, in place on ``param`` and ``buf``.
+
+        ``first`` says the momentum buffer is fresh: torch then copies the gradient
+        into it instead of applying dampening.
+        """
+        raise NotImplementedError
+
+    def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+        """``sgd_step`` on each (param, grad, buf) of three equal-length lists; a backend may
+        fuse them into one call, as per-call overhead dominates small networks."""
+        for param, grad, buf in zip(params, grads, bufs):
+            self.sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+    # ---- fused blocks ------------------------------------------------------------------
+    # Composed from the ops above, so every backend has them; a backend may override them
+    # with fused kernels of the same results. ``saved`` is private to the backend.
+
+    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
+        """max_pool2d(relu(conv2d(x))). Return (y, saved): ``saved`` is what the backward needs."""
+        relu_y = self.relu_forward(self.conv2d_forward(x, weight, bias, stride, padding))
+        y, indices = self.max_pool2d_forward(relu_y, pool_kernel, pool_stride)
+        return y, (relu_y, indices)
+
+    def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
+                                        grad_weight, grad_bias, need_input_grad=True):
+        """As ``conv2d_backward``, given the forward's ``saved``."""
+        relu_y, indices = saved
+        grad_relu = self.max_pool2d_backward(grad_y, indices, relu_y.shape, pool_kernel, pool_stride)
+        grad_conv = self.relu_backward(grad_relu, relu_y)
+        return self.conv2d_backward(x, weight, grad_conv, stride, padding, grad_weight, grad_bias, need_input_grad)
+
+    def linear_relu_forward(self, x, weight, bias):
+        """relu(linear(x)); the backward takes this output back."""
+        return self.relu_forward(self.linear_forward(x, weight, bias))
+
+    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True):
+        """As ``linear_backward``, given the forward's output ``y``."""
+        return self.linear_backward(x, weight, self.relu_backward(grad_y, y), grad_weight, grad_bias,
+                                    need_input_grad)
+
+    # ---- the training step ---------------------------------------------------------------
+
+    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
+        """The training step of ``model`` in this backend's fastest form.
+
+        Returns ``step(images, labels, check_label_values=True) -> (logits, loss)``, which
+        runs zero_grad, forward, loss, backward and the optimizer update, and gives the
+        results of the plain eager step (``scratchnet.step.eager_step``). ``batch_size`` is
+        the size of the batches to come (an epoch's last batch may be smaller);
+        ``label_pool``, when given, holds every label those batches carry; ``capture``
+        allows a backend to record the step once and replay it (CUDA graphs). This
+        default is the eager step itself: the reference computes exactly what it says.
+        """
+        from scratchnet.step import eager_step  # the step drives nn modules, which import the backends
+
+        return functools.partial(eager_step, model, criterion, optimizer)

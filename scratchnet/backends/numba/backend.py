@@ -1,0 +1,233 @@
+"""The fast CPU backend: the ``Backend`` interface on numpy arrays, every op an ``@njit(cache=True)`` kernel.
+
+The kernels live by op family beside this file: ``layout`` (shifted planes) and
+``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``.
+Stride-1 convolutions (the tutorial's) run on shifted planes, and conv -> ReLU ->
+max-pool as one fused pass over the convolution's rows; ``compile_step`` finds such
+runs in any ``Sequential`` and trains through them.
+"""
+
+import numpy as np
+
+from scratchnet.backends.base import conv_output_size
+from scratchnet.backends.numba import conv, dense, layout, loss_sgd, pooling
+from scratchnet.backends.numba.jit import threaded
+from scratchnet.backends.numpy_backend import NumpyBackend
+
+# Flat views kept for at most this many lists of arrays: an optimizer passes the same three every step.
+_FLAT_VIEWS_KEPT = 16
+
+
+class NumbaBackend(NumpyBackend):
+    """Array handling is numpy's, so it derives from the reference; every op is its own."""
+
+    name = "numba"
+
+    def __init__(self):
+        # ids of a list's arrays -> their 1-D views. The views hold their arrays, so no id is reused meanwhile.
+        self._flat_views = {}
+
+    def _flat(self, arrays):
+        """1-D views, so that arrays of any shapes make one tuple type (one compiled kernel);
+        remembered, as reshaping every parameter costs more than the update of a small network."""
+        key = tuple(map(id, arrays))
+        views = self._flat_views.get(key)
+        if views is None:
+            if len(self._flat_views) >= _FLAT_VIEWS_KEPT:
+                self._flat_views.clear()
+            views = self._flat_views[key] = tuple(array.reshape(-1) for array in arrays)
+        return views
+
+    # ---- conv2d ----------------------------------------------------------------
+
+    def conv2d_forward(self, x, weight, bias, stride, padding):
+        bias = _bias_or_zeros(bias, weight)
+        x = np.ascontiguousarray(x)
+        parallel = threaded(x.shape[0])
+        if stride == 1:
+            rows, _, geometry = _shifted_forward(x, weight, bias, padding, parallel)
+            y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
+            layout.from_rows.run(parallel, rows, y)
+            return y
+        n, _, h, w = x.shape
+        out_c, _, kh, kw = weight.shape
+        y = np.empty((n, out_c, conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)),
+                     dtype=x.dtype)
+        conv.conv2d_forward.run(parallel, x, weight, bias, stride, padding, y)
+        return y
+
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
+        grad_y = np.ascontiguousarray(grad_y)
+        x = np.ascontiguousarray(x)
+        parallel = threaded(x.shape[0])
+        if stride == 1:
+            geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
+            grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+            layout.grad_rows_from_conv(grad_y, grad_rows)
+            planes = _shifted_planes(x, geometry, parallel)
+            return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel,
+                                     grad_weight, grad_bias)
+        weight_sum = np.empty_like(weight)
+        bias_sum = np.empty(weight.shape[0], dtype=weight.dtype)
+        conv.conv2d_grad_weight.run(parallel, x, grad_y, stride, padding, weight_sum, bias_sum)
+        grad_weight += weight_sum
+        if grad_bias is not None:
+            grad_bias += bias_sum
+        if not need_input_grad:
+            return None
+        grad_x = np.empty_like(x)
+        conv.conv2d_grad_input.run(parallel, weight, grad_y, stride, padding, grad_x)
+        return grad_x
+
+    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
+        if stride != 1:
+            return super().conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool_kernel, pool_stride)
+        parallel = threaded(x.shape[0])
+        rows, planes, geometry = _shifted_forward(np.ascontiguousarray(x), weight, _bias_or_zeros(bias, weight),
+                                                  padding, parallel)
+        out_h, out_w = geometry.out_hw
+        shape = (x.shape[0], weight.shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
+                 conv_output_size(out_w, pool_kernel, pool_stride))
+        y = np.empty(shape, dtype=x.dtype)
+        indices = np.empty(shape, dtype=np.int64)
+        if pool_kernel == pool_stride == 2:
+            pooling.relu_max_pool_rows_2x2.run(parallel, rows, out_w, y, indices)
+        else:
+            pooling.relu_max_pool_rows.run(parallel, rows, out_w, pool_kernel, pool_stride, y, indices)
+        return y, (y, indices, planes)  # the planes again serve the weight gradient
+
+    def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
+                                        grad_weight, grad_bias, need_input_grad=True):
+        if stride != 1:
+            return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding, pool_kernel,
+                                                           pool_stride, grad_weight, grad_bias, need_input_grad)
+        pool_y, indices, planes = saved
+        geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
+        grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+        pooling.grad_rows_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, grad_rows)
+        return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded(x.shape[0]),
+                                 grad_weight, grad_bias)
+
+    # ---- max-pool --------------------------------------------------------------
+
+    def max_pool2d_forward(self, x, kernel, stride):
+        n, c, h, w = x.shape
+        shape = (n, c, conv_output_size(h, kernel, stride), conv_output_size(w, kernel, stride))
+        y = np.empty(shape, dtype=x.dtype)
+        indices = np.empty(shape, dtype=np.int64)
+        pooling.max_pool2d_forward.run(threaded(n), np.ascontiguousarray(x), kernel, stride, y, indices)
+        return y, indices
+
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+        grad_x = np.empty(x_shape, dtype=grad_y.dtype)
+        pooling.max_pool2d_backward(np.ascontiguousarray(grad_y), indices, grad_x)
+        return grad_x
+
+    # ---- element-wise and dense ----------------------------------------------------
+
+    def relu_forward(self, x):
+        y = np.empty_like(x)
+        dense.relu_forward(np.ascontiguousarray(x), y)
+        return y
+
+    def relu_backward(self, grad_y, y):
+        grad_x = np.empty_like(y)
+        dense.relu_backward(np.ascontiguousarray(grad_y), y, grad_x)
+        return grad_x
+
+    def linear_forward(self, x, weight, bias):
+        return _linear(x, weight, bias, relu=False)
+
+    def linear_relu_forward(self, x, weight, bias):
+        return _linear(x, weight, bias, relu=True)
+
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
+        return _linear_gradients(x, weight, None, grad_y, grad_weight, grad_bias, need_input_grad)
+
+    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True):
+        return _linear_gradients(x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad)
+
+    # ---- loss and optimizer ------------------------------------------------------------
+
+    def cross_entropy_forward(self, logits, labels):
+        probs = np.empty_like(logits)
+        loss = loss_sgd.cross_entropy_forward(np.ascontiguousarray(logits), np.asarray(labels, dtype=np.int64), probs)
+        return np.asarray(loss, dtype=logits.dtype), probs
+
+    def cross_entropy_backward(self, probs, labels):
+        grad = np.empty_like(probs)
+        loss_sgd.cross_entropy_backward(probs, np.asarray(labels, dtype=np.int64), grad)
+        return grad
+
+    def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+        loss_sgd.sgd_step(param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first)
+
+    def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
+        if len({array.dtype for array in params}) != 1:  # a tuple of mixed dtypes is no single kernel type
+            return super().sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first)
+        loss_sgd.sgd_steps(self._flat(params), self._flat(grads), self._flat(bufs), lr, momentum, dampening,
+                           weight_decay, nesterov, first)
+
+    # ---- the training step ---------------------------------------------------------------
+
+    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
+        """The eager step with the model's conv -> ReLU -> max-pool and linear -> ReLU runs fused."""
+        from scratchnet.step import FusedStep  # the step drives nn modules, which import the backends
+
+        return FusedStep(model, criterion, optimizer)
+
+
+def _bias_or_zeros(bias, weight):
+    return np.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+
+
+def _shifted_planes(x, geometry, parallel):
+    planes = np.empty(geometry.planes_shape, dtype=x.dtype)
+    layout.to_shifted_planes.run(parallel, x, geometry.padding, planes)
+    return planes
+
+
+def _shifted_forward(x, weight, bias, padding, parallel):
+    """Return (rows, planes, geometry): the output on rows, and the shifted planes it read."""
+    geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
+    planes = _shifted_planes(x, geometry, parallel)
+    rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+    conv.shifted_forward.run(parallel, planes, weight, bias, geometry.span, rows)
+    return rows, planes, geometry
+
+
+def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel, grad_weight, grad_bias):
+    """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows: the
+    parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
+    parts = geometry.groups * -(-geometry.total // layout.CHUNK)
+    partial = np.empty((parts,) + weight.shape, dtype=weight.dtype)
+    conv.shifted_grad_weight.run(parallel, planes, grad_rows, geometry.span, partial)
+    conv.add_sum_leading(partial, grad_weight)
+    if grad_bias is not None:
+        conv.add_row_sums(grad_rows, grad_bias)
+    if not need_input_grad:
+        return None
+    grad_planes = np.empty_like(planes)
+    conv.shifted_grad_input.run(parallel, grad_rows, weight, geometry.span, grad_planes)
+    grad_x = np.empty(geometry.x_shape, dtype=planes.dtype)
+    layout.from_shifted_planes.run(parallel, grad_planes, geometry.padding, grad_x)
+    return grad_x
+
+
+def _linear(x, weight, bias, relu):
+    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    dense.linear_forward.run(threaded(x.shape[0]), np.ascontiguousarray(x), weight, _bias_or_zeros(bias, weight),
+                             relu, y)
+    return y
+
+
+def _linear_gradients(x, weight, relu_y, grad_y, grad_weight, grad_bias, need_input_grad):
+    """``linear_backward``, after a ReLU whose output was ``relu_y`` unless that is None."""
+    grad_x = np.empty_like(x) if need_input_grad else np.empty((0, x.shape[1]), dtype=x.dtype)
+    if grad_bias is None:
+        grad_bias = np.zeros(weight.shape[0], dtype=weight.dtype)  # the kernel adds into it; nobody reads it
+    if relu_y is None:
+        relu_y = np.empty((0, 0), dtype=x.dtype)  # no ReLU: nothing to mask
+    dense.linear_backward.run(threaded(x.shape[0]), np.ascontiguousarray(x), weight, relu_y,
+                              np.ascontiguousarray(grad_y), need_input_grad, grad_x, grad_weight, grad_bias)
+    return grad_x if need_input_grad else None

@@ -1,0 +1,155 @@
+"""The training step: the plain eager form, and the fused form that backends compile a model into.
+
+``eager_step`` is the tutorial's loop body, module by module. ``FusedStep`` computes the
+same step for any ``Sequential`` of our layers (nested ones included) with the fused
+backend ops where the layers allow: each conv -> ReLU -> max-pool run becomes one
+``conv2d_relu_max_pool2d`` stage and each linear -> ReLU one ``linear_relu`` stage; every
+other layer runs as itself. Its backward stops at the first layer with parameters, which
+needs no input gradient (as torch skips it for an input that does not require one).
+A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
+"""
+
+from scratchnet import nn
+
+
+def eager_step(model, criterion, optimizer, images, labels, check_label_values=True):
+    """zero_grad, forward, loss, backward, optimizer update. Return (logits, loss) on the backend
+    (the loss a 0-d array). ``check_label_values=False`` skips the label range check, which
+    reads the labels on the host (not allowed while a CUDA graph is captured)."""
+    optimizer.zero_grad()
+    logits = model(images)
+    loss = criterion.forward_array(logits, labels, check_label_values)
+    model.backward(criterion.backward())
+    optimizer.step()
+    return logits, loss
+
+
+class FusedStep:
+    """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``."""
+
+    def __init__(self, model, criterion, optimizer):
+        self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.stages = plan(model)
+        # A stage's input gradient is needed only when some stage before it has parameters.
+        self._needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
+                                  for index in range(len(self.stages))]
+
+    def __call__(self, images, labels, check_label_values=True):
+        self.optimizer.zero_grad()
+        x = images
+        for stage in self.stages:
+            x = stage.forward(x)
+        loss = self.criterion.forward_array(x, labels, check_label_values)
+        grad = self.criterion.backward()
+        for stage, need_input_grad in zip(reversed(self.stages), reversed(self._needs_input_grad)):
+            if not (need_input_grad or stage.has_parameters):
+                break
+            grad = stage.backward(grad, need_input_grad)
+        self.optimizer.step()
+        return x, loss
+
+
+def plan(model):
+    """The stages of ``model``'s step: fused runs where the layers allow, single layers elsewhere."""
+    if not isinstance(model, nn.Sequential):
+        return [LayerStage(model)]
+    layers = list(_leaves(model))
+    stages, index = [], 0
+    while index < len(layers):
+        run = layers[index:index + 3]
+        if _is_conv_relu_pool(run):
+            stages.append(ConvReLUPoolStage(run[0], run[2]))
+            index += 3
+        elif _is_linear_relu(run[:2]):
+            stages.append(LinearReLUStage(run[0]))
+            index += 2
+        else:
+            stages.append(LayerStage(layers[index]))
+            index += 1
+    return stages
+
+
+def _leaves(sequential):
+    for layer in sequential:
+        if isinstance(layer, nn.Sequential):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def _is_conv_relu_pool(run):
+    return (len(run) == 3 and type(run[0]) is nn.Conv2d and type(run[1]) is nn.ReLU
+            and type(run[2]) is nn.MaxPool2d)
+
+
+def _is_linear_relu(run):
+    return len(run) == 2 and type(run[0]) is nn.Linear and type(run[1]) is nn.ReLU
+
+
+class LayerStage:
+    """One layer (or a whole model) through its own forward and backward."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.has_parameters = any(True for _ in layer.parameters())
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def backward(self, grad, need_input_grad):
+        if isinstance(self.layer, (nn.Conv2d, nn.Linear)):
+            return self.layer.backward(grad, need_input_grad)
+        return self.layer.backward(grad)
+
+
+class ConvReLUPoolStage:
+    """``pool(relu(conv(x)))`` through one fused backend op each way."""
+
+    has_parameters = True
+
+    def __init__(self, conv, pool):
+        self.conv, self.pool = conv, pool
+
+    def forward(self, x):
+        conv, pool = self.conv, self.pool
+        conv_shape = conv.output_shape(x)
+        pool.output_shape(conv_shape)  # checks the conv's output against the pool's window
+        self._x = x
+        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(
+            x, conv.weight.data, _data(conv.bias), conv.stride, conv.padding, pool.kernel_size, pool.stride)
+        return y
+
+    def backward(self, grad, need_input_grad):
+        conv, pool = self.conv, self.pool
+        return conv.backend.conv2d_relu_max_pool2d_backward(
+            self._x, conv.weight.data, self._saved, grad, conv.stride, conv.padding, pool.kernel_size, pool.stride,
+            conv.weight.grad, _grad(conv.bias), need_input_grad)
+
+
+class LinearReLUStage:
+    """``relu(linear(x))`` through one fused backend op each way."""
+
+    has_parameters = True
+
+    def __init__(self, linear):
+        self.linear = linear
+
+    def forward(self, x):
+        linear = self.linear
+        linear.output_shape(x)
+        self._x = x
+        self._y = linear.backend.linear_relu_forward(x, linear.weight.data, _data(linear.bias))
+        return self._y
+
+    def backward(self, grad, need_input_grad):
+        linear = self.linear
+        return linear.backend.linear_relu_backward(self._x, linear.weight.data, self._y, grad, linear.weight.grad,
+                                                   _grad(linear.bias), need_input_grad)
+
+
+def _data(param):
+    return None if param is None else param.data
+
+
+def _grad(param):
+    return None if param is None else param.grad
