@@ -3,12 +3,14 @@
 Every function accepts what torch's does (an int or a pair, ``'valid'`` / ``'same'``,
 unbatched inputs) and refuses what torch refuses, with a message naming the caller,
 the argument and the shapes. The parsing helpers are shared with ``scratchnet.nn``,
-whose modules name themselves as the caller.
+whose modules name themselves as the caller. The math is the backends' (``NumpyBackend``
+for numpy arrays, the reference); these functions parse, check and reshape.
 """
 
 import numpy as np
 
-from scratchnet.backends.base import check_class_indices, conv_output_size, pool_output_size
+from scratchnet import backends
+from scratchnet.backends.base import check_class_indices, conv2d_output_hw, max_pool2d_output_hw
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -58,6 +60,12 @@ def positive_pair(value, argument, caller):
     return parsed
 
 
+def check_groups(groups, caller):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups <= 0:
+        raise ValueError(f"{caller}: groups must be a positive int, got groups={groups!r}")
+    return int(groups)
+
+
 def check_float_input(x, ranks, form, caller):
     if x.ndim not in ranks:
         raise ValueError(f"{caller} expects a {form} input, got shape {tuple(x.shape)}")
@@ -87,17 +95,22 @@ class Conv2dArguments:
         self.stride = positive_pair(stride, "stride", caller)
         self.dilation = positive_pair(dilation, "dilation", caller)
         self.padding = conv2d_padding(padding, self.kernel, self.stride, self.dilation, caller)
-        if not isinstance(groups, (int, np.integer)) or groups <= 0:
-            raise ValueError(f"{caller}: groups must be a positive int, got groups={groups!r}")
-        if out_channels % groups:
-            raise ValueError(f"{caller}: groups={groups} must divide the weight's out_channels, "
+        self.groups = check_groups(groups, caller)
+        if out_channels % self.groups:
+            raise ValueError(f"{caller}: out_channels={out_channels} must be divisible by groups={self.groups}, "
                              f"got weight of shape {tuple(weight_shape)}")
-        self.groups = int(groups)
         self.weight_shape = tuple(weight_shape)
         self.caller = caller
 
     def output_hw(self, h, w):
-        return _conv_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation)
+        return conv2d_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation)
+
+    def is_plain(self):
+        """Whether this is the geometry of the fused ops and the fast kernels: stride, padding the
+        same along both axes and on every side, no dilation, one group (the tutorial's convolutions)."""
+        (top, bottom), (left, right) = self.padding
+        return (self.stride[0] == self.stride[1] and top == bottom == left == right and self.dilation == (1, 1)
+                and self.groups == 1)
 
     def check_input(self, x):
         """Refuse an input this convolution cannot take, as torch does."""
@@ -114,12 +127,6 @@ class Conv2dArguments:
                              f"is smaller than the kernel {effective[0]}x{effective[1]} (dilated)")
 
 
-def _conv_output_hw(hw, kernel, stride, padding, dilation):
-    """Output (H, W): the padded size against the dilated kernel."""
-    return tuple(conv_output_size(size + before + after, d * (k - 1) + 1, s) for size, k, s, (before, after), d
-                 in zip(hw, kernel, stride, padding, dilation))
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """torch.nn.functional.conv2d: (N, C, H, W) or (C, H, W) input, weight (O, C / groups, kH, kW)."""
     args = Conv2dArguments(weight.shape, stride, padding, dilation, groups, "conv2d")
@@ -127,7 +134,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"conv2d: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     x, unbatched = batched(input, 3)
-    y = conv2d_forward(x, weight, bias, args.stride, args.padding, args.dilation, args.groups)
+    y = backends.for_array(input).conv2d_forward(x, weight, bias, args.stride, args.padding, args.dilation,
+                                                 args.groups)
     return y[0] if unbatched else y
 
 
@@ -149,15 +157,24 @@ class MaxPool2dArguments:
         self.caller = caller
 
     def output_hw(self, h, w):
-        return tuple(pool_output_size(size, k, s, p, d, self.ceil_mode) for size, k, s, p, d
-                     in zip((h, w), self.kernel, self.stride, self.padding, self.dilation))
+        return max_pool2d_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def is_plain(self):
+        """Whether the fused ops take this pool: a square window and stride, no padding or dilation, floor mode."""
+        return (self.kernel[0] == self.kernel[1] and self.stride[0] == self.stride[1] and self.padding == (0, 0)
+                and self.dilation == (1, 1) and not self.ceil_mode)
 
     def check_input(self, x):
         check_float_input(x, (3, 4), "(C, H, W) or (N, C, H, W)", self.caller)
-        out_h, out_w = self.output_hw(*x.shape[-2:])
+        self.output_shape(x.shape)
+
+    def output_shape(self, input_shape):
+        """The output's shape for an input of ``input_shape``; a ValueError naming the caller if too small."""
+        out_h, out_w = self.output_hw(*input_shape[-2:])
         if out_h < 1 or out_w < 1:
-            raise ValueError(f"{self.caller}: input of shape {tuple(x.shape)} is smaller than the kernel "
+            raise ValueError(f"{self.caller}: input of shape {tuple(input_shape)} is smaller than the kernel "
                              f"(output size {out_h}x{out_w})")
+        return tuple(input_shape[:-2]) + (out_h, out_w)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -165,7 +182,8 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     args = MaxPool2dArguments(kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     args.check_input(input)
     x, unbatched = batched(input, 3)
-    y, indices = max_pool2d_forward(x, args.kernel, args.stride, args.padding, args.dilation, args.ceil_mode)
+    y, indices = backends.for_array(input).max_pool2d_forward(x, args.kernel, args.stride, args.padding,
+                                                              args.dilation, args.ceil_mode)
     if unbatched:
         y, indices = y[0], indices[0]
     return (y, indices) if return_indices else y
@@ -183,16 +201,13 @@ def check_linear_input(x, in_features, caller):
 def linear(input, weight, bias=None):
     """torch.nn.functional.linear: any number of leading axes, or an unbatched (in_features,) vector."""
     check_linear_input(input, weight.shape[1], "linear")
-    rows = input.reshape(-1, weight.shape[1])
-    y = rows @ weight.T
-    if bias is not None:
-        y += bias
+    y = backends.for_array(input).linear_forward(input.reshape(-1, weight.shape[1]), weight, bias)
     return y.reshape(input.shape[:-1] + (weight.shape[0],))
 
 
 def relu(input):
     """torch.nn.functional.relu: NaN stays NaN."""
-    return relu_forward(input)
+    return backends.for_array(input).relu_forward(input)
 
 
 # ---- cross-entropy --------------------------------------------------------------------------
@@ -241,23 +256,25 @@ class CrossEntropyArguments:
 
     @staticmethod
     def rows(logits, target, probabilities):
-        """(rows, C) logits and (rows,) or (rows, C) targets: the class axis moved last."""
+        """(rows, C) logits and (rows,) or (rows, C) targets: the class axis moved last.
+        Array methods only, so numpy and cupy arrays both stay where they are."""
         if logits.ndim == 1:
             return logits[None], target[None]
-        classes = logits.shape[1]
-        logit_rows = np.moveaxis(logits, 1, -1).reshape(-1, classes)
-        target_rows = np.moveaxis(target, 1, -1).reshape(-1, classes) if probabilities else target.reshape(-1)
+        classes, class_last = logits.shape[1], (0,) + tuple(range(2, logits.ndim)) + (1,)
+        logit_rows = logits.transpose(class_last).reshape(-1, classes)
+        target_rows = target.transpose(class_last).reshape(-1, classes) if probabilities else target.reshape(-1)
         return logit_rows, target_rows
 
     @staticmethod
     def unrows(rows, logits_shape):
-        """Per-row values (rows,) or (rows, C) back in the logits' layout."""
+        """Per-row values (rows,) or (rows, C) back in the logits' layout, C-ordered."""
         if len(logits_shape) == 1:
             return rows[0]
         if rows.ndim == 1:
             return rows.reshape(logits_shape[:1] + logits_shape[2:])
         moved = rows.reshape(logits_shape[:1] + logits_shape[2:] + logits_shape[1:2])
-        return np.ascontiguousarray(np.moveaxis(moved, -1, 1))
+        class_second = (0, moved.ndim - 1) + tuple(range(1, moved.ndim - 1))
+        return moved.transpose(class_second).copy()
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -267,160 +284,6 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     logit_rows, target_rows = args.rows(input, target, probabilities)
     if not probabilities:
         check_class_indices(target_rows, logit_rows.shape[1], "cross_entropy", args.ignore_index)
-    loss, _ = cross_entropy_forward(logit_rows, target_rows, weight, args.ignore_index, reduction, label_smoothing)
+    loss, _ = backends.for_array(input).cross_entropy_forward(logit_rows, target_rows, weight, args.ignore_index,
+                                                              reduction, label_smoothing)
     return args.unrows(loss, input.shape) if reduction == "none" else loss
-
-
-# ---- reference math: vectorized NumPy, one function per backend method --------------------
-
-
-def _windows(padded, kernel, stride, dilation, out_hw):
-    """A read-only (N, C, KH, KW, OH, OW) view of every receptive field, without copying."""
-    n, c, _, _ = padded.shape
-    sn, sc, sh, sw = padded.strides
-    return np.lib.stride_tricks.as_strided(
-        padded, shape=(n, c) + tuple(kernel) + tuple(out_hw),
-        strides=(sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]), writeable=False)
-
-
-def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
-    """Cross-correlation of NCHW ``x`` with (O, C / groups, KH, KW) ``weight``: per group one matmul over im2col."""
-    n, c, h, w = x.shape
-    out_c, group_c, kh, kw = weight.shape
-    out_hw = _conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
-    padded = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
-    cols = _windows(padded, (kh, kw), stride, dilation, out_hw).reshape(n, groups, group_c * kh * kw, -1)
-    y = np.matmul(weight.reshape(groups, out_c // groups, -1), cols).reshape((n, out_c) + out_hw)
-    if bias is not None:
-        y += bias[:, None, None]
-    return y
-
-
-def conv2d_backward(x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
-                    need_input_grad=True):
-    """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias`` (None: no bias);
-    return the input gradient, or None without ``need_input_grad``."""
-    n, c, h, w = x.shape
-    out_c, group_c, kh, kw = weight.shape
-    out_hw = grad_y.shape[2:]
-    padded = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
-    cols = _windows(padded, (kh, kw), stride, dilation, out_hw).reshape(n, groups, group_c * kh * kw, -1)
-    gy = grad_y.reshape(n, groups, out_c // groups, -1)
-    grad_weight += np.einsum("ngol,ngkl->gok", gy, cols).reshape(weight.shape)
-    if grad_bias is not None:
-        grad_bias += grad_y.sum(axis=(0, 2, 3))
-    if not need_input_grad:
-        return None
-    weight_t = weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1)
-    grad_cols = np.matmul(weight_t, gy).reshape((n, c, kh, kw) + tuple(out_hw))
-    grad_padded = np.zeros_like(padded)
-    # col2im: every kernel tap adds its slice back to the pixels it read.
-    rows = [slice(i * dilation[0], i * dilation[0] + stride[0] * (out_hw[0] - 1) + 1, stride[0]) for i in range(kh)]
-    cols_ = [slice(j * dilation[1], j * dilation[1] + stride[1] * (out_hw[1] - 1) + 1, stride[1]) for j in range(kw)]
-    for i, row in enumerate(rows):
-        for j, col in enumerate(cols_):
-            grad_padded[:, :, row, col] += grad_cols[:, :, i, j]
-    (top, _), (left, _) = padding
-    return np.ascontiguousarray(grad_padded[:, :, top:top + h, left:left + w])
-
-
-def max_pool2d_forward(x, kernel, stride, padding, dilation, ceil_mode):
-    """Return (y, indices), indices flat ``h * W + w`` in each input plane.
-
-    torch's rule inside a window, in scan order: a strictly greater value or any NaN takes
-    over, so ties go to the first maximum and NaN to the last NaN; a window of -inf keeps
-    its first tap on the input (padding never wins).
-    """
-    n, c, h, w = x.shape
-    out_hw = tuple(pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d
-                   in zip((h, w), kernel, stride, padding, dilation))
-    # Pad far enough for every window (ceil mode may reach past the right padding).
-    reach = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, stride, dilation, kernel)]
-    after = [max(r - size - p, 0) for r, size, p in zip(reach, (h, w), padding)]
-    shape = (n, c, padding[0] + h + after[0], padding[1] + w + after[1])
-    padded = np.full(shape, -np.inf, dtype=x.dtype)
-    padded[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w] = x
-    on_input = np.zeros((1, 1) + shape[2:], dtype=bool)
-    on_input[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w] = True
-    taps = kernel[0] * kernel[1]
-
-    def window_values(array):
-        view = _windows(array, kernel, stride, dilation, out_hw)  # (N, C, KH, KW, OH, OW)
-        return np.moveaxis(view.reshape(array.shape[:2] + (taps,) + out_hw), 2, -1)
-
-    values, valid = window_values(padded), window_values(on_input)
-    is_nan = np.isnan(values)
-    first_max = values.argmax(axis=-1)
-    last_nan = taps - 1 - is_nan[..., ::-1].argmax(axis=-1)
-    first_valid = np.broadcast_to(valid.argmax(axis=-1), first_max.shape)
-    best = np.take_along_axis(values, first_max[..., None], axis=-1)[..., 0]
-    tap = np.where(is_nan.any(axis=-1), last_nan, np.where(best == -np.inf, first_valid, first_max))
-    y = np.take_along_axis(values, tap[..., None], axis=-1)[..., 0]
-    row = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + tap // kernel[1] * dilation[0]
-    col = np.arange(out_hw[1])[None, :] * stride[1] - padding[1] + tap % kernel[1] * dilation[1]
-    return np.ascontiguousarray(y), (row * w + col).astype(np.int64)
-
-
-def max_pool2d_backward(grad_y, indices, x_shape):
-    """Route each output gradient to its argmax (added: overlapping windows may share one)."""
-    n, c, h, w = x_shape
-    grad_x = np.zeros((n * c, h * w), dtype=grad_y.dtype)
-    np.add.at(grad_x, (np.arange(n * c)[:, None], indices.reshape(n * c, -1)), grad_y.reshape(n * c, -1))
-    return grad_x.reshape(x_shape)
-
-
-def relu_forward(x):
-    """max(x, 0) keeping NaN, as torch (np.maximum propagates NaN); C-ordered whatever ``x``'s layout."""
-    return np.ascontiguousarray(np.maximum(x, 0))
-
-
-def relu_backward(grad_y, y):
-    """torch passes the gradient wherever the output is not <= 0, which includes NaN."""
-    return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(grad_y.dtype, copy=False))
-
-
-def cross_entropy_forward(logits, target, weight, ignore_index, reduction, label_smoothing):
-    """Cross-entropy of (rows, C) logits. Return (loss, saved): a 0-d loss for 'mean' / 'sum', (rows,) for 'none'.
-
-    Both target kinds reduce to per-row coefficients ``a`` with ``loss_row = -sum_c a[c] * log_softmax[c]``
-    over a normalizing ``denominator`` (torch's weighted mean), so the gradient is
-    ``(softmax * sum_c a[c] - a) / denominator`` for one backward.
-    """
-    rows, classes = logits.shape
-    class_weight = np.ones(classes, dtype=logits.dtype) if weight is None else weight.astype(logits.dtype)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    smoothing = logits.dtype.type(label_smoothing)
-    if target.ndim == 2:
-        coefficients = (target * (1 - smoothing) + smoothing / classes) * class_weight
-        denominator = rows
-    else:
-        counted = target != ignore_index
-        labels = np.where(counted, target, 0)
-        picked = class_weight[labels] * counted
-        coefficients = (smoothing / classes) * class_weight * counted[:, None]
-        coefficients[np.arange(rows), labels] += (1 - smoothing) * picked
-        denominator = picked.sum()
-    # 0 * -inf (a class with probability 0 and no coefficient) contributes 0, as in torch.
-    row_loss = -np.where(coefficients == 0, 0, coefficients * log_probs).sum(axis=1)
-    if reduction == "none":
-        loss, denominator = row_loss, 1
-    elif reduction == "sum":
-        loss, denominator = row_loss.sum(), 1
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
-            loss = row_loss.sum() / denominator
-    saved = (np.exp(log_probs), coefficients, logits.dtype.type(denominator))
-    return np.asarray(loss, dtype=logits.dtype), saved
-
-
-def cross_entropy_backward(saved, grad_loss=None):
-    """Gradient w.r.t. the logits; ``grad_loss`` is the upstream gradient (a (rows,) array for 'none', else 1)."""
-    probs, coefficients, denominator = saved
-    weight_sums = coefficients.sum(axis=1, keepdims=True)
-    # A row without weight (ignored) has gradient 0 even when every row is ignored (0 / 0), as in torch.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        grad = np.where(weight_sums == 0, 0, (probs * weight_sums - coefficients) / denominator)
-    if grad_loss is not None:
-        grad *= np.reshape(grad_loss, (-1, 1))
-    return grad.astype(probs.dtype, copy=False)

@@ -1,4 +1,5 @@
-"""The general numba kernels (``backends/numba/general``) called directly, against torch autograd.
+"""The general numba kernels (``backends/numba/general``, the max-pool backward of ``pooling``,
+the cross-entropy of ``loss_sgd``) called directly, against torch autograd.
 
 They take what the backends will pass them: C-ordered arrays, parsed pairs, padding as
 top and left offsets (the output shape carries the rest).
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from harness import TOLERANCE, relative_error
 from scratchnet import functional
-from scratchnet.backends.numba import general as numba_general
+from scratchnet.backends.numba import general as numba_general, loss_sgd, pooling
 from test_conv2d_features import FEATURES as CONV_FEATURES, conv_case
 from test_cross_entropy_features import FEATURES as LOSS_FEATURES, loss_case, loss_inputs
 from test_max_pool2d_features import FEATURES as POOL_FEATURES, pool_case, pool_input
@@ -79,7 +80,7 @@ def test_general_max_pool2d_kernels_match_torch(dtype, feature, index, error_rep
     y, indices = np.empty(tuple(y_t.shape), dtype=dtype), np.empty(tuple(y_t.shape), dtype=np.int64)
     numba_general.max_pool2d_forward(x, *args.kernel, *args.stride, *args.padding, *args.dilation, y, indices)
     grad_x = np.empty_like(x)
-    numba_general.max_pool2d_backward(grad_y, indices, grad_x)
+    pooling.max_pool2d_backward(grad_y, indices, grad_x)
     np.testing.assert_array_equal(indices, indices_t.numpy(), err_msg=str(case))
     _check(error_report, f"max_pool2d {feature}", dtype,
            [("forward", y, y_t.detach().numpy()), ("grad input", grad_x, x_t.grad.numpy())], str(case))
@@ -107,7 +108,7 @@ def test_general_cross_entropy_kernels_match_torch(dtype, feature, index, error_
     class_weight = np.ones(classes, dtype) if weight is None else weight
     probs, coefficients = np.empty_like(logit_rows), np.empty_like(logit_rows)
     row_loss = np.empty(rows, dtype)
-    total, denominator = numba_general.cross_entropy_forward(
+    total, denominator = loss_sgd.cross_entropy_forward(
         logit_rows, labels, probabilities, class_weight, case["ignore_index"], dtype(case["label_smoothing"]), probs,
         coefficients, row_loss)
     if case["reduction"] == "none":
@@ -117,7 +118,7 @@ def test_general_cross_entropy_kernels_match_torch(dtype, feature, index, error_
         with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0, as torch
             loss, scale = total / divisor, np.full(rows, 1 / divisor)
     grad_rows = np.empty_like(logit_rows)
-    numba_general.cross_entropy_backward(probs, coefficients, scale.astype(dtype), grad_rows)
+    loss_sgd.cross_entropy_backward(probs, coefficients, scale.astype(dtype), grad_rows)
     _check(error_report, f"cross_entropy {feature}", dtype,
            [("loss", loss, loss_t.detach().numpy()),
             ("grad logits", parsed.unrows(grad_rows, logits.shape), logits_t.grad.numpy())], str(case))

@@ -1,7 +1,8 @@
 """General convolution and max-pool kernels: any stride, padding, dilation, groups, ceil mode.
 
-The tutorial's configuration keeps the shifted-plane and fused kernels of ``conv``;
-every other configuration is meant to run here. Each parallel loop owns whole output planes (forward, input
+The tutorial's configuration keeps the shifted-plane and fused kernels of ``conv`` and
+``pooling``; every other configuration runs here (the max-pool backward is ``pooling``'s,
+which takes any geometry). Each parallel loop owns whole output planes (forward, input
 gradient) or whole output channels (weight gradient), so no two iterations write one
 element and results never depend on the thread count.
 """
@@ -120,72 +121,3 @@ def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
                             best, best_h, best_w = v, ih, iw
                 y[b, ci, oh, ow] = best
                 indices[b, ci, oh, ow] = best_h * w + best_w
-
-
-@njit(cache=True, parallel=True)
-def max_pool2d_backward(grad_y, indices, grad_x):
-    """Each plane adds its outputs' gradients at their argmax; planes run in parallel."""
-    n, c, out_h, out_w = grad_y.shape
-    w = grad_x.shape[3]
-    for plane in prange(n * c):
-        b, ci = plane // c, plane % c
-        grad_x[b, ci] = 0
-        for oh in range(out_h):
-            for ow in range(out_w):
-                k = indices[b, ci, oh, ow]
-                grad_x[b, ci, k // w, k % w] += grad_y[b, ci, oh, ow]
-
-
-@njit(cache=True)
-def cross_entropy_forward(logits, labels, target, class_weight, ignore_index, smoothing, probs, coefficients,
-                          row_loss):
-    """Softmax into ``probs``, each row's loss coefficients (as ``functional.cross_entropy_forward``) and loss.
-
-    Class-probability ``target`` rows when it has any, else the class indices ``labels``.
-    Return (sum of the row losses, torch's mean denominator).
-    """
-    rows, classes = logits.shape
-    spread = smoothing / classes
-    total, denominator = 0.0, 0.0
-    for r in range(rows):
-        peak = logits[r, 0]
-        for k in range(1, classes):
-            if logits[r, k] > peak or logits[r, k] != logits[r, k]:  # NaN propagates, as in torch
-                peak = logits[r, k]
-        exp_sum = logits.dtype.type(0)
-        for k in range(classes):
-            exp_sum += np.exp(logits[r, k] - peak)
-        log_sum_exp = np.log(exp_sum)
-        if target.shape[0]:
-            for k in range(classes):
-                coefficients[r, k] = (target[r, k] * (1 - smoothing) + spread) * class_weight[k]
-            denominator += 1
-        else:
-            label = labels[r]
-            for k in range(classes):
-                coefficients[r, k] = spread * class_weight[k] if label != ignore_index else 0
-            if label != ignore_index:
-                coefficients[r, label] += (1 - smoothing) * class_weight[label]
-                denominator += class_weight[label]
-        loss = logits.dtype.type(0)
-        for k in range(classes):
-            log_prob = logits[r, k] - peak - log_sum_exp
-            probs[r, k] = np.exp(log_prob)
-            if coefficients[r, k] != 0:  # 0 * -inf counts 0, as in torch
-                loss -= coefficients[r, k] * log_prob
-        row_loss[r] = loss
-        total += loss
-    return total, denominator
-
-
-@njit(cache=True)
-def cross_entropy_backward(probs, coefficients, scale, grad):
-    """grad = (probs * sum(coefficients) - coefficients) * scale[row]; 0 on a row without weight
-    (ignored), even where the scale is infinite because every row is ignored, as in torch."""
-    rows, classes = probs.shape
-    for r in range(rows):
-        weight_sum = probs.dtype.type(0)
-        for k in range(classes):
-            weight_sum += coefficients[r, k]
-        for k in range(classes):
-            grad[r, k] = (probs[r, k] * weight_sum - coefficients[r, k]) * scale[r] if weight_sum != 0 else 0
