@@ -119,7 +119,8 @@ class Conv2dArguments:
         expected = self.groups * self.weight_shape[1]
         if channels != expected:
             raise ValueError(f"{self.caller} expects {expected} input channels (groups={self.groups}, weight of "
-                             f"shape {self.weight_shape}), got input of shape {tuple(x.shape)}")
+                             f"shape {self.weight_shape}), got {channels} input channels in input of shape "
+                             f"{tuple(x.shape)}")
         padded = [size + before + after for size, (before, after) in zip((h, w), self.padding)]
         effective = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel)]
         if padded[0] < effective[0] or padded[1] < effective[1]:
@@ -151,8 +152,8 @@ class MaxPool2dArguments:
         self.padding = pair(padding, "padding", caller)
         self.dilation = positive_pair(dilation, "dilation", caller)
         if min(self.padding) < 0 or any(p > k // 2 for p, k in zip(self.padding, self.kernel)):
-            raise ValueError(f"{caller}: padding must be non-negative and at most half the kernel size, "
-                             f"got padding={padding!r} for kernel_size={kernel_size!r}")
+            raise ValueError(f"{caller}: padding={padding!r} must be non-negative and at most half the kernel "
+                             f"size, kernel_size={kernel_size!r}")
         self.ceil_mode = bool(ceil_mode)
         self.caller = caller
 

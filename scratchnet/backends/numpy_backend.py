@@ -18,7 +18,7 @@ class NumpyBackend(Backend):
 
     def asarray(self, array, dtype=None):
         self.check_array(array, "input")
-        return np.ascontiguousarray(array, dtype=dtype)
+        return np.asarray(array, dtype=dtype, order="C")  # ascontiguousarray would make a 0-d array 1-d
 
     def to_numpy(self, array):
         return np.asarray(array)
