@@ -51,11 +51,12 @@ def test_conv2d_relu_max_pool2d_matches_torch(backend, dtype, index, need_input_
     grad_y = rng.standard_normal(tuple(y_t.shape)).astype(dtype)
     y_t.backward(torch.tensor(grad_y))
 
-    # Gradients are added into what is there already, as autograd accumulates.
+    # Gradients are added into what is there already, as autograd accumulates. Copies: the numpy
+    # backends' asarray returns a contiguous array itself, which the backward adds into.
     start_weight = rng.standard_normal(weight.shape).astype(dtype)
     start_bias = rng.standard_normal(case["o"]).astype(dtype)
-    grad_weight = backend.asarray(start_weight)
-    grad_bias = backend.asarray(start_bias) if case["bias"] else None
+    grad_weight = backend.asarray(start_weight.copy())
+    grad_bias = backend.asarray(start_bias.copy()) if case["bias"] else None
     geometry = (case["stride"], case["padding"], case["pool_kernel"], case["pool_stride"])
     x_b, weight_b = backend.asarray(x), backend.asarray(weight)
     y, saved = backend.conv2d_relu_max_pool2d_forward(x_b, weight_b, None if bias is None else backend.asarray(bias),
@@ -86,8 +87,8 @@ def test_linear_relu_matches_torch(backend, dtype, index, error_report):
     y_t.backward(torch.tensor(grad_y))
 
     start_weight, start_bias = rng.standard_normal(weight.shape).astype(dtype), rng.standard_normal(fout).astype(dtype)
-    grad_weight = backend.asarray(start_weight)
-    grad_bias = backend.asarray(start_bias) if has_bias else None
+    grad_weight = backend.asarray(start_weight.copy())
+    grad_bias = backend.asarray(start_bias.copy()) if has_bias else None
     x_b, weight_b = backend.asarray(x), backend.asarray(weight)
     y = backend.linear_relu_forward(x_b, weight_b, None if bias is None else backend.asarray(bias))
     grad_x = backend.linear_relu_backward(x_b, weight_b, y, backend.asarray(grad_y), grad_weight, grad_bias,

@@ -133,6 +133,12 @@ class NumpyBackend(Backend):
         """Both target kinds reduce to per-row coefficients ``a`` with ``loss_row = -sum_c a[c] *
         log_softmax[c]`` over a normalizing ``denominator`` (torch's weighted mean), so one
         backward serves both: ``(softmax * sum_c a[c] - a) / denominator``."""
+        # NaN or inf logits, and every target ignored (0 / 0), give NaN as in torch: no warnings.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
+
+    @staticmethod
+    def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing):
         rows, classes = logits.shape
         class_weight = np.ones(classes, dtype=logits.dtype) if weight is None else weight.astype(logits.dtype)
         shifted = logits - logits.max(axis=1, keepdims=True)
@@ -155,8 +161,7 @@ class NumpyBackend(Backend):
         elif reduction == "sum":
             loss, denominator = row_loss.sum(), 1
         else:
-            with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
-                loss = row_loss.sum() / denominator
+            loss = row_loss.sum() / denominator
         saved = (np.exp(log_probs), coefficients, logits.dtype.type(denominator))
         return np.asarray(loss, dtype=logits.dtype), saved
 
