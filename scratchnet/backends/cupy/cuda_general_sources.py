@@ -1,4 +1,5 @@
-"""CUDA C++ for the general convolution, max-pool and cross-entropy of the cupy backend.
+"""CUDA C++ for the general convolution, max-pool and cross-entropy of the cupy backend
+(the tutorial's geometry keeps the kernels of ``cuda_sources``; every cross-entropy runs here).
 
 The kernels extend ``cuda_sources`` (whose ``real`` typedef and ``FOR_EACH_INDEX`` they use)
 to any stride, padding, dilation and groups, pool padding, dilation and ceil mode, and
@@ -218,6 +219,27 @@ extern "C" __global__ void cross_entropy_rows(
     }
 }
 
+// One block of REDUCE_THREADS: the summed row losses over ``divisor``, the summed row denominators for
+// 'mean' (torch's weighted mean; 0 / 0 = NaN when every row is ignored, as in torch) or 1 for 'sum'.
+extern "C" __global__ void cross_entropy_reduce(
+    const real* __restrict__ row_loss, const real* __restrict__ row_denominator, real* __restrict__ loss,
+    real* __restrict__ divisor, int rows, int mean)
+{
+    __shared__ real partial[REDUCE_THREADS];
+    real loss_part = 0, denominator_part = 0;
+    for (int r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
+        loss_part += row_loss[r];
+        denominator_part += row_denominator[r];
+    }
+    const real total = block_sum(loss_part, partial);
+    __syncthreads();  // every thread has read the first sum before the second overwrites it
+    const real denominator = block_sum(denominator_part, partial);
+    if (threadIdx.x == 0) {
+        divisor[0] = mean ? denominator : (real)1;
+        loss[0] = total / divisor[0];
+    }
+}
+
 // grad = (probs * sum_k coefficients - coefficients) * scale[row]; 0 on a row without weight (ignored),
 // even where the scale is infinite because every row is ignored, as in torch.
 extern "C" __global__ void cross_entropy_rows_backward(
@@ -236,8 +258,12 @@ extern "C" __global__ void cross_entropy_rows_backward(
 KERNEL_NAMES = (
     "conv2d_forward_general", "conv2d_grad_input_general", "conv2d_grad_params_general",
     "max_pool2d_forward_general", "max_pool2d_backward_general",
-    "cross_entropy_rows", "cross_entropy_rows_backward",
+    "cross_entropy_rows", "cross_entropy_reduce", "cross_entropy_rows_backward",
 )
+
+
+# Every kernel the cupy backend launches.
+ALL_KERNEL_NAMES = cuda_sources.KERNEL_NAMES + KERNEL_NAMES
 
 
 def source_for(dtype):
