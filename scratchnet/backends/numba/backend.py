@@ -1,9 +1,11 @@
 """The fast CPU backend: the ``Backend`` interface on numpy arrays, every op an ``@njit(cache=True)`` kernel.
 
 The kernels live by op family beside this file: ``layout`` (shifted planes) and
-``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``.
-Stride-1 convolutions (the tutorial's) run on shifted planes, and conv -> ReLU ->
-max-pool as one fused pass over the convolution's rows; ``compile_step`` finds such
+``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``
+(cross-entropy with torch's options, SGD), ``general`` (convolution and max-pool of any
+other geometry). Stride-1 convolutions with the same padding on every side, no dilation
+and one group (the tutorial's) run on shifted planes, and conv -> ReLU -> max-pool as
+one fused pass over the convolution's rows; ``compile_step`` finds such
 runs in any ``Sequential`` and trains through them.
 """
 
