@@ -65,7 +65,7 @@ def main(argv=None):
 def run_one(framework, module, seed, args):
     out = os.path.join(args.runs_dir, f"{framework}-seed{seed}")
     command = [sys.executable, "-m", module, "--seed", str(seed), "--epochs", str(args.epochs),
-               "--data", args.data, "--out", out]
+               "--data", args.data, "--out", out, "--overwrite"]  # a rerun replaces its earlier run
     command += ["--backend", args.backend] if framework == "scratchnet" else ["--threads", str(args.torch_threads)]
     for flag, value in (("--limit-train", args.limit_train), ("--limit-test", args.limit_test)):
         if value is not None:

@@ -1,11 +1,14 @@
-"""CPU benchmark: training-step throughput of the tutorial Net, scratchnet against PyTorch eager.
+"""CPU benchmark: training-step throughput of the tutorial Net, scratchnet against PyTorch and JAX.
 
     python -m benchmarks.train_step --batch-sizes 4 32 128 --json benchmarks/results/train_step.json
 
 One training step is forward, cross-entropy, backward and SGD(lr=0.001,
-momentum=0.9) on one fixed float32 batch. Contenders: PyTorch eager on 1 and on
-2 threads, scratchnet's numpy backend, and its numba backend on 1 and on 2
-threads. Each repeat times every contender in turn (alternating, so load
+momentum=0.9) on one fixed float32 batch. Contenders: PyTorch eager and
+``torch.compile`` (inductor) on 1 and on 2 threads, a JAX-jitted whole step
+(the ``bench`` extra installs JAX; a contender that cannot run is reported,
+not fatal), scratchnet's numpy backend, and its numba backend on 1 and on 2
+threads, each scratchnet step being the backend's ``compile_step``, as ``fit``
+trains. Each repeat times every contender in turn (alternating, so load
 changes hit all alike); figures are medians over the repeats. The run also
 measures the float32 matmul peak (numpy, 1024x1024, 1 and 2 BLAS threads), the
 numba JIT's first-run compile time and its cached start-up, both in fresh
@@ -42,18 +45,60 @@ def _batch(batch_size):
             rng.integers(0, 10, batch_size))
 
 
-def torch_step(batch_size, threads):
+def torch_step(batch_size, threads, compiled=False):
+    """PyTorch eager, or with the model under ``torch.compile`` (inductor; its backward compiled too)."""
     torch.set_num_threads(threads)
     images, labels = _batch(batch_size)
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     net = TorchNet()
     optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     criterion = torch.nn.CrossEntropyLoss()
+    model = torch.compile(net) if compiled else net
 
     def step():
         optimizer.zero_grad()
-        criterion(net(images), labels).backward()
+        criterion(model(images), labels).backward()
         optimizer.step()
+
+    return step
+
+
+def jax_step(batch_size):
+    """The whole step under one ``jax.jit``: forward, loss, ``jax.grad``, SGD momentum (torch's rule)."""
+    import jax
+    import jax.numpy as jnp
+
+    def conv(x, w, b):
+        y = jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y + b[None, :, None, None]
+
+    def pool(x):
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def loss_of(params, x, labels):
+        x = pool(jax.nn.relu(conv(x, params["conv1.weight"], params["conv1.bias"])))
+        x = pool(jax.nn.relu(conv(x, params["conv2.weight"], params["conv2.bias"])))
+        x = x.reshape(x.shape[0], -1)
+        for layer in ("fc1", "fc2", "fc3"):
+            x = x @ params[f"{layer}.weight"].T + params[f"{layer}.bias"]
+            x = jax.nn.relu(x) if layer != "fc3" else x
+        log_probs = jax.nn.log_softmax(x)
+        return -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
+
+    @jax.jit
+    def train(params, buffers, x, labels):
+        grads = jax.grad(loss_of)(params, x, labels)
+        buffers = jax.tree_util.tree_map(lambda b, g: MOMENTUM * b + g, buffers, grads)
+        return jax.tree_util.tree_map(lambda p, b: p - LR * b, params, buffers), buffers
+
+    images, labels = (jnp.asarray(a) for a in _batch(batch_size))
+    state = [{k: jnp.asarray(v) for k, v in Net(seed=0).state_dict().items()}]
+    # Zero buffers make the first update equal torch's (which copies the first gradient in).
+    state.append(jax.tree_util.tree_map(jnp.zeros_like, state[0]))
+
+    def step():
+        state[:] = train(state[0], state[1], images, labels)
+        jax.block_until_ready(state[0])
 
     return step
 
@@ -73,10 +118,15 @@ def scratchnet_step(batch_size, backend, threads=None):
 CONTENDERS = {
     "torch-1thread": lambda batch_size: torch_step(batch_size, 1),
     "torch-2threads": lambda batch_size: torch_step(batch_size, 2),
+    "torch.compile-1thread": lambda batch_size: torch_step(batch_size, 1, compiled=True),
+    "torch.compile-2threads": lambda batch_size: torch_step(batch_size, 2, compiled=True),
+    "jax-jit": jax_step,
     "numpy": lambda batch_size: scratchnet_step(batch_size, "numpy"),
     "numba-1thread": lambda batch_size: scratchnet_step(batch_size, "numba", 1),
     "numba-2threads": lambda batch_size: scratchnet_step(batch_size, "numba", 2),
 }
+EAGER = ("torch-1thread", "torch-2threads")
+COMPILED = ("torch.compile-1thread", "torch.compile-2threads", "jax-jit")
 
 
 def images_per_second(step, batch_size, seconds):
@@ -91,9 +141,16 @@ def images_per_second(step, batch_size, seconds):
 
 
 def _worker(name, batch_size, connection):
-    """One contender in its own process: thread pools of different libraries never spin against each other."""
-    step = CONTENDERS[name](batch_size)
-    images_per_second(step, batch_size, 0.3)  # warm up: JIT, allocator, caches
+    """One contender in its own process: thread pools of different libraries never spin against each other.
+
+    A contender that cannot run here (JAX not installed, no compiler for inductor) says why instead.
+    """
+    try:
+        step = CONTENDERS[name](batch_size)
+        images_per_second(step, batch_size, 0.3)  # warm up: JIT, allocator, caches
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional contender is reported, not fatal
+        connection.send(f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return
     connection.send("ready")
     while (seconds := connection.recv()) is not None:
         connection.send(images_per_second(step, batch_size, seconds))
@@ -108,8 +165,13 @@ def measure_batch(batch_size, repeats, seconds):
         process.start()
         workers[name] = (process, parent)
     try:
-        for _, connection in workers.values():
-            connection.recv()
+        unavailable = {}
+        for name, (process, connection) in list(workers.items()):
+            answer = connection.recv()
+            if answer != "ready":
+                unavailable[name] = answer
+                process.join()
+                del workers[name]
         samples = {name: [] for name in workers}
         for _ in range(repeats):  # alternate: each repeat times every contender once, one at a time
             for name, (_, connection) in workers.items():
@@ -120,18 +182,26 @@ def measure_batch(batch_size, repeats, seconds):
             connection.send(None)
             process.join()
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    best = lambda prefix: max((n for n in medians if n.startswith(prefix)), key=medians.get)  # noqa: E731
-    torch_best, numba_best = best("torch"), best("numba")
-    return {
+    best = lambda names: max((n for n in names if n in medians), key=medians.get, default=None)  # noqa: E731
+    torch_best, compiled_best = best(EAGER), best(COMPILED)
+    numba_best = best(("numba-1thread", "numba-2threads"))
+    if None in (torch_best, numba_best) or "numpy" not in medians:
+        raise SystemExit(f"batch {batch_size}: a required contender could not run: {unavailable}")
+    row = {
         "batch_size": batch_size,
         "images_per_second": {name: {"median": medians[name], "samples": samples[name]} for name in workers},
+        "unavailable": unavailable,
         "torch_best": torch_best,
+        "compiled_best": compiled_best,
         "numba_best": numba_best,
         "numba_over_torch": medians[numba_best] / medians[torch_best],
         "numpy_over_torch": medians["numpy"] / medians[torch_best],
         "numba_gflops": medians[numba_best] * MFLOP_PER_IMAGE / 1e3,
         "torch_gflops": medians[torch_best] * MFLOP_PER_IMAGE / 1e3,
     }
+    if compiled_best is not None:
+        row["numba_over_compiled"] = medians[numba_best] / medians[compiled_best]
+    return row
 
 
 _MATMUL = """
@@ -222,7 +292,10 @@ def main(argv=None):
         ips = {name: value["median"] for name, value in row["images_per_second"].items()}
         print(f"batch {batch_size:4d}: " + ", ".join(f"{name} {value:8.0f}" for name, value in ips.items())
               + f" images/s; numba {row['numba_gflops']:.1f} GFLOP/s ({100 * row['numba_fraction_of_matmul_peak']:.0f}%"
-              f" of matmul peak); numba/torch {row['numba_over_torch']:.2f}x, numpy/torch {row['numpy_over_torch']:.2f}x")
+              f" of matmul peak); numba/torch {row['numba_over_torch']:.2f}x, numpy/torch {row['numpy_over_torch']:.2f}x"
+              + (f", numba/best compiled {row['numba_over_compiled']:.2f}x" if "numba_over_compiled" in row else ""))
+        for name, reason in row["unavailable"].items():
+            print(f"  {name}: {reason}")
     results["load_average_after"] = os.getloadavg()
     results["machine"] = machine()
 

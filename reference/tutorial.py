@@ -20,7 +20,7 @@ import torch.optim as optim
 import torchvision
 import torchvision.transforms as transforms
 
-from scratchnet import cli, plots, report
+from scratchnet import cli, plots, report, runs
 from scratchnet.data import CLASSES, DataError, read_split
 from scratchnet.files import atomic_open
 
@@ -126,15 +126,22 @@ def main(argv=None):
     parser.add_argument("--threads", type=cli.positive_int,
                         help="torch intra-op threads (default: torch's own choice, as the tutorial)")
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser.prog, DataError, OSError):
+    with cli.one_line_errors(parser.prog, DataError, OSError, runs.RunFolderError):
         run(args)
 
 
 def run(args):
+    seed = cli.resolve_seed(args.seed)
+    with runs.open_run_folder(args.out, f"reference-seed{seed}", overwrite=args.overwrite) as folder:
+        if args.overwrite:
+            print(f"note: --overwrite: replacing the run in {folder.path}", file=sys.stderr)
+        _train_and_test(args, seed, folder.path)
+
+
+def _train_and_test(args, seed, run_dir):
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed = cli.resolve_seed(args.seed)
     torch.manual_seed(seed)
     batch_size = args.batch_size
 
@@ -144,7 +151,6 @@ def run(args):
     testset = LocalCIFAR10(root=args.data, train=False, transform=transform, limit=args.limit_test)
     testloader = torch.utils.data.DataLoader(testset, batch_size=batch_size, shuffle=False, num_workers=args.workers)
     classes = CLASSES
-    run_dir = cli.run_folder(args.out, f"reference-seed{seed}")
     path = os.path.join(run_dir, WEIGHTS_FILE)
     data_time = time.perf_counter() - started
 

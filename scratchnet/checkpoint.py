@@ -12,6 +12,7 @@ The ``.pth`` layout (torch.save's zip format): one top folder holding ``data.pkl
 
 import collections
 import io
+import math
 import os
 import struct
 import zipfile
@@ -26,6 +27,9 @@ class CheckpointError(ValueError):
     """A weights file that cannot be read or written; the message names it."""
 
 
+PLAIN_KINDS = "biufc"  # numpy dtype kinds of plain numbers: no objects, strings, dates or records
+
+
 # ---- scratchnet .npz --------------------------------------------------------------------------
 
 
@@ -36,12 +40,35 @@ def save_npz(path, state_dict):
         np.savez(file, **arrays)
 
 
-def _load_npz(path):
+def _load_npz(path, archive):
+    """The arrays of an .npz, each header checked before anything is allocated (see ``_check_npy_header``)."""
+    file_size = os.path.getsize(path)
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            _check_npy_header(path, info, member, file_size)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
     except ValueError as exc:  # an object array, which would need pickle
         raise CheckpointError(f"{path}: refused to load ({exc})") from None
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_header(path, info, member, file_size):
+    """Refuse an .npy member whose dtype is not plain numbers or whose declared size the file does not hold."""
+    name = info.filename[: -len(".npy")]
+    version = np.lib.format.read_magic(member)
+    if version not in _NPY_HEADER_READERS:
+        raise CheckpointError(f"{path}: array {name!r} uses .npy format {version}, which holds no plain numbers")
+    shape, _fortran, dtype = _NPY_HEADER_READERS[version](member)
+    if dtype.fields is not None or dtype.kind not in PLAIN_KINDS:
+        raise CheckpointError(f"{path}: array {name!r} has dtype {dtype}; only plain numbers are accepted")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != info.file_size - member.tell() or info.file_size > file_size:
+        raise CheckpointError(f"{path}: array {name!r} declares shape {shape} of {dtype} ({declared} bytes), "
+                              f"which this file does not hold")
 
 
 # ---- PyTorch .pth -----------------------------------------------------------------------------
@@ -68,11 +95,17 @@ def _rebuild_tensor(what):
         size, stride = tuple(size), tuple(stride)
         ints = (offset,) + size + stride
         valid = isinstance(storage, np.ndarray) and len(size) == len(stride)
-        if not valid or not all(isinstance(v, int) and v >= 0 for v in ints):
+        # A stride of 0 (or < 0) along a dimension longer than 1 repeats elements: a tiny file could
+        # declare a tensor of any size. Refused before anything is allocated, as are overlapping views larger than their storage.
+        if not valid or not all(isinstance(v, int) and v >= 0 for v in ints) \
+                or any(s == 0 for n, s in zip(size, stride) if n > 1):
             raise CheckpointError(f"{what}: a tensor has an invalid layout (size {size}, stride {stride})")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
         if last >= storage.size:
             raise CheckpointError(f"{what}: a tensor reaches past the end of its storage")
+        if math.prod(size) > storage.size:
+            raise CheckpointError(f"{what}: a tensor of size {size} declares more elements than its storage "
+                                  f"holds ({storage.size})")
         view = np.lib.stride_tricks.as_strided(
             storage[offset:], shape=size, strides=[s * storage.itemsize for s in stride], writeable=False
         )
@@ -87,6 +120,7 @@ def _load_pth(path, archive):
         raise CheckpointError(f"{path} is not a torch .pth archive (it has no single <folder>/data.pkl)")
     folder = pickles[0][: -len("data.pkl")]
     names = set(archive.namelist())
+    file_size = os.path.getsize(path)
     big_endian = f"{folder}byteorder" in names and archive.read(f"{folder}byteorder").strip() == b"big"
     storages = {}
 
@@ -100,11 +134,12 @@ def _load_pth(path, archive):
             if record not in names:
                 raise CheckpointError(f"{path}: storage {record} is missing")
             dtype = kind.dtype.newbyteorder(">" if big_endian else "<")
+            declared = archive.getinfo(record).file_size
+            # Checked before reading: a compressed record could unpack to any size.
+            if not isinstance(numel, int) or declared != numel * dtype.itemsize or declared > file_size:
+                raise CheckpointError(f"{path}: storage {record} declares {numel!r} elements in {declared} bytes, "
+                                      f"which this file does not hold")
             raw = archive.read(record)
-            if len(raw) != numel * dtype.itemsize:
-                raise CheckpointError(
-                    f"{path}: storage {record} holds {len(raw)} bytes, expected {numel * dtype.itemsize}"
-                )
             storages[key] = np.frombuffer(raw, dtype=dtype).astype(kind.dtype)
         return storages[key]
 
@@ -204,8 +239,12 @@ def load(path):
     """Read a scratchnet .npz or a torch .pth state_dict -> {name: numpy array}."""
     path = os.fspath(path)
     try:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise CheckpointError(f"cannot read {path}: no such file")
+        if os.path.isdir(path):
+            raise CheckpointError(f"cannot read {path}: it is a folder, not a weights file")
+        if not os.path.isfile(path):
+            raise CheckpointError(f"cannot read {path}: it is not a regular file (a device or a pipe?)")
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path} is not a weights file (neither a scratchnet .npz nor a torch .pth archive)")
         with zipfile.ZipFile(path) as archive:
@@ -213,7 +252,7 @@ def load(path):
             if any(name.endswith("/data.pkl") for name in members):
                 return _load_pth(path, archive)
             if members and all(name.endswith(".npy") for name in members):
-                return _load_npz(path)
+                return _load_npz(path, archive)
     except safe_pickle.UnsafePickleError as exc:
         raise CheckpointError(str(exc)) from None
     except CheckpointError:

@@ -2,13 +2,13 @@
 
 import argparse
 import contextlib
-import datetime
 import os
 import sys
 
 import numpy as np
 
 DATA_ENV = "SCRATCHNET_DATA"  # where the data lives when --data is not given
+SEED_LIMIT = 2**32  # seeds are what numpy's SeedSequence and torch.manual_seed both take: 0 <= seed < 2**32
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,12 +18,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _int_at_least(text, minimum, wanted):
+def _int_at_least(text, minimum, wanted, maximum=None):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
     return value
 
@@ -34,6 +34,16 @@ def positive_int(text):
 
 def non_negative_int(text):
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def seed(text):
+    return _int_at_least(text, 0, f"a seed in 0..{SEED_LIMIT - 1}", maximum=SEED_LIMIT - 1)
+
+
+def folder_name(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder name, got {text!r}")
+    return text
 
 
 def non_negative_float(text):
@@ -61,26 +71,35 @@ def add_training_arguments(parser):
     parser.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set (default 2)")
     parser.add_argument("--lr", type=non_negative_float, default=0.001, help="SGD learning rate (default 0.001)")
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
-    parser.add_argument("--seed", type=int,
+    parser.add_argument("--seed", type=seed,
                         help="seed for initialization and shuffling (default: a fresh one, recorded)")
     parser.add_argument("--limit-train", type=positive_int, metavar="N",
                         help="train on the first N training images only")
     parser.add_argument("--log-every", type=positive_int, default=2000, metavar="STEPS",
                         help="print the mean loss every STEPS mini-batches (default 2000)")
-    parser.add_argument("--out", metavar="RUN_DIR", help="run folder for weights, metrics.json and plots "
-                                                        "(default: a new folder under runs/)")
+    parser.add_argument("--out", metavar="RUN_DIR", type=folder_name,
+                        help="run folder for weights, metrics.json and plots (default: a new folder under runs/); "
+                             "a folder that already holds a run is refused")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
 
 
 def resolve_seed(seed):
     """The given seed, or a fresh random one (so every run records the seed that reproduces it)."""
-    return seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    return seed if seed is not None else int(np.random.SeedSequence().entropy % SEED_LIMIT)
 
 
-def run_folder(out, name):
-    """``out``, or ``runs/<name>-<timestamp>``; created if missing."""
-    folder = out or os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    os.makedirs(folder, exist_ok=True)
-    return folder
+def explicit_flags(parser, argv):
+    """The destinations of the flags ``argv`` names itself (not left at their defaults)."""
+    unset = object()
+    defaults = {action: action.default for action in parser._actions}
+    try:
+        for action in defaults:
+            action.default = unset
+        given = parser.parse_args(argv)
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    return {dest for dest, value in vars(given).items() if value is not unset}
 
 
 def config(args, **extra):
@@ -99,6 +118,9 @@ def one_line_errors(prog, *expected):
         message = f"{exc.filename}: {exc.strerror}" if is_file_error else exc
         print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except MemoryError:
+        print(f"{prog}: error: out of memory (try a smaller --batch-size or --width)", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as exc:  # its message, if any, says where the run's last checkpoint is
+        print(f"{prog}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         sys.exit(130)

@@ -100,10 +100,14 @@ def read_split(root, train=True, download=False, limit=None):
 def locate(root, download=False):
     """The ``cifar-10-batches-py`` folder under ``root``: extracted from the archive or downloaded if need be."""
     folder = os.path.join(root, FOLDER)
-    if _has_batches(folder):
+    missing = _missing_batches(folder)
+    if not missing:
         return folder
     archive = os.path.join(root, ARCHIVE)
     if not os.path.isfile(archive):
+        if os.path.isdir(folder) and not download:
+            raise DataError(f"{folder} is incomplete: {', '.join(missing)} missing; restore the files, "
+                            f"put {ARCHIVE} beside it, or pass --download")
         if not download:
             raise DataError(
                 f"CIFAR-10 not found: expected {folder}{os.sep} (the official python version) or {archive}; "
@@ -111,20 +115,19 @@ def locate(root, download=False):
             )
         fetch(archive)
     extract(archive, root)
-    if not _has_batches(folder):
+    if _missing_batches(folder):
         raise DataError(f"{archive} holds no complete {FOLDER}{os.sep} folder; delete it and pass --download")
     return folder
 
 
-def _has_batches(folder):
-    return all(os.path.isfile(os.path.join(folder, name)) for name in TRAIN_FILES + TEST_FILES)
+def _missing_batches(folder):
+    return [name for name in TRAIN_FILES + TEST_FILES if not os.path.isfile(os.path.join(folder, name))]
 
 
 def read_batch(path):
     """One batch file -> (uint8 images (n, 3, 32, 32), int64 labels (n,)); a clear error naming the file otherwise."""
     try:
-        with open(path, "rb") as file:
-            batch = safe_pickle.load(file, safe_pickle.NUMPY_ARRAYS, what=path)
+        batch = safe_pickle.load_file(path, safe_pickle.NUMPY_ARRAYS)
     except safe_pickle.UnsafePickleError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:
@@ -141,12 +144,19 @@ def read_batch(path):
             or images.shape[1] != np.prod(IMAGE_SHAPE):
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise DataError(f"{path} is not a CIFAR-10 batch: 'data' must be a uint8 (n, 3072) array, got {got}")
+    if len(images) == 0:
+        raise DataError(f"{path} is not a CIFAR-10 batch: it holds no images")
     if not isinstance(labels, list) or len(labels) != len(images):
         raise DataError(f"{path} is not a CIFAR-10 batch: 'labels' must be a list of {len(images)} class indices")
-    labels = np.asarray(labels)
-    if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(CLASSES)):
+    # Exactly ints: nested lists ([[3], [8], ...]) or floats would pass np.asarray and fail mid-training.
+    odd = next((index for index, label in enumerate(labels) if type(label) is not int), None)
+    if odd is not None:
+        raise DataError(f"{path} is not a CIFAR-10 batch: label {odd} is a {type(labels[odd]).__name__}, "
+                        f"not an integer class index")
+    labels = np.array(labels, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= len(CLASSES):
         raise DataError(f"{path} is not a CIFAR-10 batch: labels must be integers in 0..{len(CLASSES) - 1}")
-    return images.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+    return images.reshape(-1, *IMAGE_SHAPE), labels
 
 
 def _notice_if_unofficial(folder, files):
@@ -198,7 +208,11 @@ def fetch(archive, url=URL, md5=ARCHIVE_MD5):
 
 def extract(archive, root):
     """Unpack the official archive into ``root``, refusing members that are not plain files inside ``FOLDER``."""
-    staging = tempfile.mkdtemp(prefix=".extract-", dir=root)
+    try:
+        staging = tempfile.mkdtemp(prefix=".extract-", dir=root)
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive}: {root} is not writable ({exc.strerror}); extract it "
+                        f"elsewhere and point --data there, or make {root} writable") from None
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
@@ -273,14 +287,27 @@ class DataLoader:
     def global_batch_size(self):
         return self.workers * self.batch_size
 
+    @property
+    def order_state(self):
+        """The shuffle generator's state (a plain dict): restoring it replays the epochs drawn from it since."""
+        return self._rng.bit_generator.state
+
+    @order_state.setter
+    def order_state(self, state):
+        self._rng.bit_generator.state = state
+
     def __len__(self):
         full, rest = divmod(len(self.dataset), self.global_batch_size)
         return full + (rest >= self.workers)
 
     def __iter__(self):
+        return self.batches()
+
+    def batches(self, skip=0):
+        """One epoch's batches after the first ``skip`` (whose order is drawn all the same): a resumed epoch."""
         n, size = len(self.dataset), self.global_batch_size
         order = self.backend.asarray(self._rng.permutation(n)) if self.shuffle else None
-        for start in range(0, n, size):
+        for start in range(skip * size, n, size):
             share = min(size, n - start) // self.workers
             if share == 0:
                 return

@@ -278,6 +278,12 @@ class DataParallelOptimizer:
     def params(self):
         return self.optimizer.params
 
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state)
+
     def zero_grad(self):
         for buffer in self.buffers:
             buffer.fill(0)

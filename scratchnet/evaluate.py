@@ -6,6 +6,8 @@ FILE is scratchnet's ``cifar_net.npz`` or the PyTorch tutorial's own ``cifar_net
 
 import sys
 
+import numpy as np
+
 from scratchnet import backends, checkpoint, cli, report
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.models import Net
@@ -32,18 +34,46 @@ def evaluate(net, testset, batch_size, backend, dtype=None):
     return predictions, report.accuracy_summary(testset.targets, predictions, testset.classes)
 
 
-def net_from_weights(path):
-    """The tutorial Net (width read from the weights) holding the weights in ``path``."""
+def parameter_shapes(width):
+    """The tutorial Net's parameter shapes at ``width``, as ``models.Net`` lays them out.
+
+    Known without building a Net, so weights can be checked before anything of their size is allocated.
+    """
+    c1, c2 = 6 * width, 16 * width
+    return {"conv1.weight": (c1, 3, 5, 5), "conv1.bias": (c1,), "conv2.weight": (c2, c1, 5, 5), "conv2.bias": (c2,),
+            "fc1.weight": (120, c2 * 5 * 5), "fc1.bias": (120,), "fc2.weight": (84, 120), "fc2.bias": (84,),
+            "fc3.weight": (10, 84), "fc3.bias": (10,)}
+
+
+def net_from_weights(path, allow_non_finite=False):
+    """The tutorial Net (width read from the weights) holding the weights in ``path``.
+
+    Every tensor must be a float of the shape the tutorial Net has at that width, and
+    finite unless ``allow_non_finite``; all of it is checked before the Net is built.
+    """
     state = checkpoint.load(path)
     conv1 = state.get("conv1.weight")
-    if conv1 is None or conv1.ndim != 4 or conv1.shape[0] % 6:
-        raise checkpoint.CheckpointError(f"{path} does not hold the tutorial Net's weights (no usable conv1.weight)")
+    if conv1 is None or conv1.ndim != 4 or conv1.shape[1:] != (3, 5, 5) or not conv1.shape[0] or conv1.shape[0] % 6:
+        got = "no conv1.weight" if conv1 is None else f"conv1.weight has shape {conv1.shape}"
+        raise checkpoint.CheckpointError(f"{path} does not hold the tutorial Net's weights ({got}, expected "
+                                         f"(6 * width, 3, 5, 5))")
+    expected = parameter_shapes(conv1.shape[0] // 6)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise checkpoint.CheckpointError(f"{path} does not hold the tutorial Net's weights: missing {missing}, "
+                                         f"unexpected {unexpected}")
+    for name, shape in expected.items():
+        value = state[name]
+        if value.shape != shape:
+            raise checkpoint.CheckpointError(f"{path}: {name} has shape {value.shape}, expected {shape}")
+        if value.dtype.kind != "f":
+            raise checkpoint.CheckpointError(f"{path}: {name} has dtype {value.dtype}; weights must be floats")
+        bad = value.size - int(np.isfinite(value).sum())
+        if bad and not allow_non_finite:
+            raise checkpoint.CheckpointError(f"{path}: {name} holds {bad} non-finite values (NaN or Inf); "
+                                             f"pass --allow-non-finite to evaluate it anyway")
     net = Net(width=conv1.shape[0] // 6, seed=0)
-    try:
-        net.load_state_dict(state)
-    except (KeyError, ValueError) as exc:
-        message = exc.args[0] if exc.args else exc
-        raise checkpoint.CheckpointError(f"{path} does not hold the tutorial Net's weights: {message}") from None
+    net.load_state_dict(state)
     return net
 
 
@@ -52,11 +82,13 @@ def main(argv=None):
     parser.add_argument("--weights", required=True, metavar="FILE",
                         help="cifar_net.npz (scratchnet) or cifar_net.pth (torch)")
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
+    parser.add_argument("--allow-non-finite", action="store_true",
+                        help="evaluate weights holding NaN or Inf (refused by default)")
     cli.add_data_arguments(parser)
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, DataError, backends.BackendError, checkpoint.CheckpointError):
         backend = backends.get(args.backend)
-        net = net_from_weights(args.weights).to(backend.name)
+        net = net_from_weights(args.weights, args.allow_non_finite).to(backend.name)
         testset = CIFAR10(args.data, train=False, download=args.download, limit=args.limit_test)
         predictions, summary = evaluate(net, testset, args.batch_size, backend)
         for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):

@@ -2,8 +2,11 @@
 
 import contextlib
 import json
+import math
 import os
 import tempfile
+
+TEMPORARY_SUFFIX = ".partial"  # what a temporary file left by a killed writer ends with
 
 # mkstemp creates files readable by the owner only; give the result the usual permissions.
 _UMASK = os.umask(0)
@@ -16,7 +19,11 @@ def atomic_open(path, mode="wb"):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=folder)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMPORARY_SUFFIX,
+                                             dir=folder)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         with os.fdopen(handle, mode) as file:
             yield file
@@ -24,13 +31,31 @@ def atomic_open(path, mode="wb"):
             os.fsync(file.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
+    except OSError as exc:  # a full disk or a vanished folder: say which file could not be written
+        raise _naming(exc, path) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
 
 
+def _naming(error, path):
+    """``error`` as an OSError that names ``path`` (the file being written), when it names no file itself."""
+    return error if error.filename is not None else OSError(error.errno, error.strerror, path)
+
+
 def write_json(path, data):
-    """Write ``data`` as indented JSON to ``path`` atomically."""
+    """Write ``data`` as indented, strict JSON to ``path`` atomically: non-finite numbers become null."""
     with atomic_open(path, "w") as file:
-        json.dump(data, file, indent=2)
+        json.dump(strict_json(data), file, indent=2, allow_nan=False)
         file.write("\n")
+
+
+def strict_json(data):
+    """``data`` with every NaN or infinite float replaced by None (JSON has no spelling for them)."""
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(value) for value in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data

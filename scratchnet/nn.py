@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from scratchnet import backends
-from scratchnet.backends.base import check_class_indices, conv_output_size
+from scratchnet import backends, functional
+from scratchnet.backends.base import check_class_indices
 from scratchnet.random import default_generator
 
 
@@ -126,11 +126,9 @@ class Module:
 
     # ---- checks -----------------------------------------------------------------------
 
-    def _check_input(self, x, rank, what):
-        """Raise a ValueError naming this layer when ``x`` is not what it takes."""
+    def _check_input(self, x):
+        """Raise naming this layer unless ``x`` lives on its backend and has its parameters' dtype."""
         self.backend.check_array(x, self)  # the module itself: its repr is built only for an error message
-        if x.ndim != rank:
-            raise ValueError(f"{self!r} expects a {rank}-D input {what}, got shape {tuple(x.shape)}")
         dtype = self._dtype()
         if dtype is not None and x.dtype != dtype:
             raise ValueError(
@@ -178,72 +176,82 @@ def _param_grads(layer):
     return layer.weight.grad, (layer.bias.grad if layer.bias is not None else None)
 
 
-def _pair(value, what):
-    if isinstance(value, int):
-        return value, value
-    pair = tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"{what} must be an int or a pair, got {value!r}")
-    return pair
-
-
 def _uniform(shape, bound, rng):
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
 class Conv2d(Module):
-    """2-D convolution (cross-correlation, like torch), square stride and padding."""
+    """2-D convolution (cross-correlation, like torch) with torch's arguments: ``stride``,
+    ``padding`` (an int, a pair, ``'valid'`` or ``'same'``), ``dilation`` and ``groups``;
+    zero padding only. Takes (N, C, H, W) or unbatched (C, H, W) input."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", seed=None):
         super().__init__()
-        kh, kw = _pair(kernel_size, "kernel_size")
-        if min(in_channels, out_channels, kh, kw, stride) <= 0 or padding < 0:
-            raise ValueError(
-                f"Conv2d: sizes must be positive and padding non-negative, got in_channels={in_channels}, "
-                f"out_channels={out_channels}, kernel_size={kernel_size}, stride={stride}, padding={padding}"
-            )
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        kh, kw = functional.positive_pair(kernel_size, "kernel_size", "Conv2d")
+        if min(in_channels, out_channels) <= 0:
+            raise ValueError(f"Conv2d: channel counts must be positive, got in_channels={in_channels}, "
+                             f"out_channels={out_channels}")
+        groups = functional.check_groups(groups, "Conv2d")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels={in_channels} and out_channels={out_channels} must both be "
+                             f"divisible by groups={groups}")
+        if padding_mode != "zeros":
+            raise ValueError(f"Conv2d: only padding_mode='zeros' is supported, got padding_mode={padding_mode!r}")
+        self._args = functional.Conv2dArguments((out_channels, in_channels // groups, kh, kw), stride, padding,
+                                                dilation, groups, "Conv2d")
+        self._args.caller = self  # input errors name the layer; its repr is built only for the message
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.dilation, self.groups = self._args.stride, self._args.dilation, groups
+        self.padding = padding if isinstance(padding, str) else functional.pair(padding, "padding", "Conv2d")
+        self.padding_mode = padding_mode
         rng = default_generator(seed)
         # torch's default: kaiming_uniform_(a=sqrt(5)) gives U(+-1/sqrt(fan_in)); bias the same bound.
-        bound = 1 / math.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(_uniform((out_channels, in_channels, kh, kw), bound, rng))
+        bound = 1 / math.sqrt(in_channels // groups * kh * kw)
+        self.weight = Parameter(_uniform((out_channels, in_channels // groups, kh, kw), bound, rng))
         self.bias = Parameter(_uniform((out_channels,), bound, rng)) if bias else None
 
     def __repr__(self):
+        extra = "" if self.padding in ((0, 0), "valid") else f", padding={self.padding!r}"
+        extra += "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
+        extra += "" if self.groups == 1 else f", groups={self.groups}"
+        extra += "" if self.bias is not None else ", bias=False"
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding})")
+                f"stride={self.stride}{extra})")
+
+    def plain_geometry(self):
+        """(stride, padding) as ints when the fused ops take this layer (see ``Backend``), else None."""
+        return (self.stride[0], self._args.padding[0][0]) if self._args.is_plain() else None
 
     def forward(self, x):
         self._y_shape = self.output_shape(x)
         self._x = x
-        bias = self.bias.data if self.bias is not None else None
-        return self.backend.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding)
+        x, unbatched = functional.batched(x, 3)
+        args, bias = self._args, self.bias.data if self.bias is not None else None
+        y = self.backend.conv2d_forward(x, self.weight.data, bias, args.stride, args.padding, args.dilation,
+                                        args.groups)
+        return y[0] if unbatched else y
 
     def output_shape(self, x):
         """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
-        self._check_input(x, 4, "(N, C, H, W)")
-        n, c, h, w = x.shape
-        kh, kw = self.kernel_size
-        if c != self.in_channels:
-            raise ValueError(f"{self!r} expects {self.in_channels} input channels, got input of shape {tuple(x.shape)}")
-        if h + 2 * self.padding < kh or w + 2 * self.padding < kw:
-            raise ValueError(
-                f"{self!r}: input of shape {tuple(x.shape)} (padded to {h + 2 * self.padding}x"
-                f"{w + 2 * self.padding}) is smaller than the kernel {kh}x{kw}"
-            )
-        return (n, self.out_channels, conv_output_size(h, kh, self.stride, self.padding),
-                conv_output_size(w, kw, self.stride, self.padding))
+        self._check_input(x)
+        self._args.check_input(x)
+        return tuple(x.shape[:-3]) + (self.out_channels,) + self._args.output_hw(*x.shape[-2:])
 
     def backward(self, grad_out, need_input_grad=True):
         """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, self._y_shape)
-        return self.backend.conv2d_backward(x, self.weight.data, grad_out, self.stride, self.padding,
-                                            *_param_grads(self), need_input_grad)
+        (x, unbatched), grad_out = functional.batched(x, 3), functional.batched(grad_out, 3)[0]
+        args = self._args
+        grad_x = self.backend.conv2d_backward(x, self.weight.data, grad_out, args.stride, args.padding,
+                                              args.dilation, args.groups, *_param_grads(self), need_input_grad)
+        return grad_x[0] if unbatched and grad_x is not None else grad_x
 
 
 class Linear(Module):
+    """``x @ weight.T + bias`` over the last axis of ``x``: any leading axes, or an unbatched vector."""
+
     def __init__(self, in_features, out_features, bias=True, seed=None):
         super().__init__()
         if in_features <= 0 or out_features <= 0:
@@ -255,63 +263,85 @@ class Linear(Module):
         self.bias = Parameter(_uniform((out_features,), bound, rng)) if bias else None
 
     def __repr__(self):
-        return f"Linear(in_features={self.in_features}, out_features={self.out_features})"
+        extra = "" if self.bias is not None else ", bias=False"
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features}{extra})"
 
     def forward(self, x):
-        self.output_shape(x)
+        shape = self.output_shape(x)
         self._x = x
         bias = self.bias.data if self.bias is not None else None
-        return self.backend.linear_forward(x, self.weight.data, bias)
+        return self.backend.linear_forward(self.rows(x), self.weight.data, bias).reshape(shape)
+
+    def rows(self, x):
+        """``x`` as the (N, in_features) rows the backends compute on (leading axes folded into N)."""
+        return x.reshape(-1, self.in_features)
 
     def output_shape(self, x):
         """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
-        self._check_input(x, 2, "(N, features)")
-        if x.shape[1] != self.in_features:
-            raise ValueError(f"{self!r} expects {self.in_features} input features, got input of shape {tuple(x.shape)}")
-        return x.shape[0], self.out_features
+        self._check_input(x)
+        functional.check_linear_input(x, self.in_features, self)
+        return tuple(x.shape[:-1]) + (self.out_features,)
 
     def backward(self, grad_out, need_input_grad=True):
         """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
-        grad_out = self._grad_out(grad_out, (x.shape[0], self.out_features))
-        return self.backend.linear_backward(x, self.weight.data, grad_out, *_param_grads(self), need_input_grad)
+        grad_out = self._grad_out(grad_out, tuple(x.shape[:-1]) + (self.out_features,))
+        grad_x = self.backend.linear_backward(self.rows(x), self.weight.data, grad_out.reshape(-1, self.out_features),
+                                              *_param_grads(self), need_input_grad)
+        return None if grad_x is None else grad_x.reshape(x.shape)
 
 
 class MaxPool2d(Module):
-    """Max pooling in torch's floor mode; backward routes to torch's argmax."""
+    """Max pooling with torch's arguments (pairs or ints, -inf padding, dilation, ceil mode);
+    ``return_indices`` returns torch's flat per-plane argmax too. Backward routes to torch's argmax."""
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
-        stride = kernel_size if stride is None else stride
-        if not isinstance(kernel_size, int) or not isinstance(stride, int) or kernel_size <= 0 or stride <= 0:
-            raise ValueError(f"MaxPool2d: kernel_size and stride must be positive ints, got {kernel_size}, {stride}")
-        self.kernel_size, self.stride = kernel_size, stride
+        self._args = functional.MaxPool2dArguments(kernel_size, stride, padding, dilation, ceil_mode, "MaxPool2d")
+        self._args.caller = self  # input errors name the layer; its repr is built only for the message
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        self.padding, self.dilation = padding, dilation
+        self.return_indices, self.ceil_mode = bool(return_indices), bool(ceil_mode)
 
     def __repr__(self):
-        return f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride})"
+        return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode})")
+
+    def plain_geometry(self):
+        """(kernel, stride) as ints when the fused ops take this pool (see ``Backend``), else None."""
+        return (self._args.kernel[0], self._args.stride[0]) if self._args.is_plain() and not self.return_indices \
+            else None
 
     def forward(self, x):
-        self._check_input(x, 4, "(N, C, H, W)")
-        self.output_shape(x.shape)
+        self._check_input(x)
+        self._args.check_input(x)
         self._x_shape = x.shape
-        y, self._indices = self.backend.max_pool2d_forward(x, self.kernel_size, self.stride)
-        return y
+        x, unbatched = functional.batched(x, 3)
+        args = self._args
+        y, self._indices = self.backend.max_pool2d_forward(x, args.kernel, args.stride, args.padding, args.dilation,
+                                                           args.ceil_mode)
+        if unbatched:
+            y, self._indices = y[0], self._indices[0]
+        return (y, self._indices) if self.return_indices else y
 
     def output_shape(self, input_shape):
         """The output's shape for an input of ``input_shape``; a ValueError naming the layer if too small."""
-        n, c, h, w = input_shape
-        if min(h, w) < self.kernel_size:
-            raise ValueError(f"{self!r}: input of shape {tuple(input_shape)} is smaller than the kernel")
-        return (n, c, conv_output_size(h, self.kernel_size, self.stride),
-                conv_output_size(w, self.kernel_size, self.stride))
+        return self._args.output_shape(input_shape)
 
     def backward(self, grad_out):
         indices = self._saved("_indices")
         grad_out = self._grad_out(grad_out, indices.shape)
-        return self.backend.max_pool2d_backward(grad_out, indices, self._x_shape, self.kernel_size, self.stride)
+        (grad_out, unbatched), indices = functional.batched(grad_out, 3), functional.batched(indices, 3)[0]
+        x_shape = (1,) * unbatched + tuple(self._x_shape)
+        args = self._args
+        grad_x = self.backend.max_pool2d_backward(grad_out, indices, x_shape, args.kernel, args.stride, args.padding,
+                                                  args.dilation)
+        return grad_x[0] if unbatched else grad_x
 
 
 class ReLU(Module):
+    """max(x, 0) on any shape and memory layout; NaN stays NaN and passes its gradient, as in torch."""
+
     def __repr__(self):
         return "ReLU()"
 
@@ -384,44 +414,77 @@ class Sequential(Module):
 
 
 class CrossEntropyLoss(Module):
-    """Mean softmax cross-entropy over the batch, from logits and integer labels."""
+    """torch's softmax cross-entropy from logits, with its options: class ``weight``, ``ignore_index``,
+    ``reduction`` ('mean', 'sum', 'none') and ``label_smoothing``. Targets are class indices or
+    class probabilities; logits (N, C), (N, C, d1, ...) or unbatched (C,)."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        super().__init__()
+        self._args = functional.CrossEntropyArguments(None if weight is None else np.asarray(weight), ignore_index,
+                                                      reduction, label_smoothing, "CrossEntropyLoss")
+        self._args.caller = self  # input errors name the loss; its repr is built only for the message
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self._weights = {}  # (backend name, dtype) -> the class weights there, copied once
+
+    @property
+    def weight(self):
+        return self._args.weight
 
     def __repr__(self):
-        return "CrossEntropyLoss()"
+        options = [f"{name}={value!r}" for name, value, default in (
+            ("ignore_index", self.ignore_index, -100), ("reduction", self.reduction, "mean"),
+            ("label_smoothing", self.label_smoothing, 0.0)) if value != default]
+        if self.weight is not None:
+            options.insert(0, f"weight of shape {tuple(self.weight.shape)}")
+        return f"CrossEntropyLoss({', '.join(options)})"
 
-    def forward(self, logits, labels):
-        """The mean loss as a Python float."""
-        return float(self.forward_array(logits, labels))
+    def forward(self, logits, target):
+        """The loss: a Python float for 'mean' and 'sum', per element (target's shape) for 'none'."""
+        loss = self.forward_array(logits, target)
+        return loss if self.reduction == "none" else float(loss)
 
     __call__ = forward
 
-    def forward_array(self, logits, labels, check_label_values=True):
-        """The mean loss as a 0-d array on the logits' backend: no device-to-host copy.
+    def forward_array(self, logits, target, check_label_values=True):
+        """The loss as an array on the logits' backend (0-d for 'mean' and 'sum'): no device-to-host copy.
 
         The label range check reads the labels on the host (a synchronization on a GPU);
         ``check_label_values=False`` skips it for CUDA graph capture, where that is not
         allowed, and the caller checks with ``check_class_indices`` before each replay.
         """
         self.backend = _backend_of(logits, self.backend)
-        self._check_input(logits, 2, "of logits (N, classes)")
-        self.backend.check_array(labels, f"{self!r} labels")
-        if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-            raise ValueError(
-                f"{self!r}: logits of shape {tuple(logits.shape)} need labels of shape ({logits.shape[0]},), "
-                f"got {tuple(labels.shape)}"
-            )
-        if labels.dtype.kind not in "iu":
-            raise ValueError(f"{self!r}: labels must be integer class indices, got dtype {labels.dtype}")
-        if check_label_values:
-            check_class_indices(labels, logits.shape[1], repr(self))
-        loss, self._probs = self.backend.cross_entropy_forward(logits, labels)
-        self._labels = labels
-        return loss
+        self.backend.check_array(logits, self)
+        self.backend.check_array(target, f"{self!r} target")
+        args = self._args
+        probabilities = args.check(logits, target)
+        logit_rows, target_rows = args.rows(logits, target, probabilities)
+        if check_label_values and not probabilities:
+            check_class_indices(target_rows, logit_rows.shape[1], repr(self), args.ignore_index)
+        loss, self._saved_loss = self.backend.cross_entropy_forward(
+            logit_rows, target_rows, self._weight_for(logits), args.ignore_index, args.reduction,
+            args.label_smoothing)
+        self._logits_shape = tuple(logits.shape)
+        return args.unrows(loss, self._logits_shape) if args.reduction == "none" else loss
+
+    def _weight_for(self, logits):
+        if self.weight is None:
+            return None
+        key = (self.backend.name, logits.dtype)
+        if key not in self._weights:
+            self._weights[key] = self.backend.asarray(self.weight, dtype=logits.dtype)
+        return self._weights[key]
 
     def backward(self, grad_out=None):
-        """d loss / d logits (the loss being a scalar, no incoming gradient is needed)."""
-        probs = self._saved("_probs")
-        return self.backend.cross_entropy_backward(probs, self._labels)
+        """d loss / d logits. ``grad_out`` is the upstream gradient: None (1) for 'mean' and 'sum',
+        required for 'none', of the loss's shape."""
+        saved = self._saved("_saved_loss")
+        if self.reduction == "none":
+            if grad_out is None:
+                raise ValueError(f"{self!r}.backward needs the upstream gradient of the per-element loss")
+            expected = self._logits_shape[:1] + self._logits_shape[2:] if len(self._logits_shape) > 1 else ()
+            grad_out = self._grad_out(grad_out, expected).reshape(-1)
+        grad = self.backend.cross_entropy_backward(saved, grad_out)
+        return self._args.unrows(grad, self._logits_shape)
 
 
 def _backend_of(array, current):

@@ -23,6 +23,28 @@ class SGD:
         self.weight_decay, self.nesterov = weight_decay, nesterov
         self.momentum_buffers = [None] * len(self.params)
 
+    def state_dict(self):
+        """The momentum buffers as host arrays, or None before the first step (as torch: no buffer yet)."""
+        if self.momentum_buffers[0] is None:
+            return {"momentum_buffers": None}
+        return {"momentum_buffers": [param.backend.to_numpy(buf).copy()
+                                     for param, buf in zip(self.params, self.momentum_buffers)]}
+
+    def load_state_dict(self, state):
+        """Restore ``state_dict()``'s buffers onto each parameter's backend; None means the next step is the first."""
+        buffers = state["momentum_buffers"]
+        if buffers is None:
+            self.momentum_buffers = [None] * len(self.params)
+            return
+        if len(buffers) != len(self.params):
+            raise ValueError(f"SGD.load_state_dict: {len(buffers)} momentum buffers for {len(self.params)} parameters")
+        restored = []
+        for index, (param, buf) in enumerate(zip(self.params, buffers)):
+            if buf.shape != param.shape:
+                raise ValueError(f"SGD.load_state_dict: buffer {index} has shape {buf.shape}, expected {param.shape}")
+            restored.append(param.backend.asarray(np.asarray(buf, dtype=param.data.dtype)))
+        self.momentum_buffers = restored
+
     def zero_grad(self):
         for param in self.params:
             param.grad.fill(0)

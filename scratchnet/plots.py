@@ -16,12 +16,20 @@ def save_all(run_dir, metrics, images, labels, predictions, classes):
     ``images`` are the first test images as the network saw them (normalized NCHW),
     ``labels`` and ``predictions`` their classes; ``metrics`` is the run's record.
     """
-    figures = {
+    return _save(run_dir, {
         "samples.png": sample_grid(images[:GRID_IMAGES], labels, predictions, classes),
         "loss_curve.png": loss_curve(metrics),
         "per_class_accuracy.png": per_class_accuracy(metrics),
         "confusion_matrix.png": confusion_matrix(metrics, classes),
-    }
+    })
+
+
+def save_training_plots(run_dir, metrics):
+    """The plots of a run that stopped before its test (the loss so far); return their paths."""
+    return _save(run_dir, {"loss_curve.png": loss_curve(metrics)})
+
+
+def _save(run_dir, figures):
     paths = []
     for name, figure in figures.items():
         path = os.path.join(run_dir, name)

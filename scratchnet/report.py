@@ -66,9 +66,17 @@ def test_report_lines(labels, predictions, summary, classes):
     return lines
 
 
+# The accuracy fields of a run that never reached its test (it diverged): null, so nothing passes for a result.
+UNTESTED = {"correct": None, "total": None, "accuracy": None, "per_class_accuracy": None, "confusion_matrix": None}
+
+
 def run_metrics(*, framework, backend, seed, config, data_root, train_images, summary, loss_curve, epoch_losses,
-                wall_time_s, versions):
-    """The ``metrics.json`` record of one run; both frameworks write exactly these fields."""
+                wall_time_s, versions, diverged=None, resumed_from=()):
+    """The ``metrics.json`` record of one run; both frameworks write exactly these fields.
+
+    ``diverged`` is None or {"epoch", "step", "message"} of where the loss stopped being
+    finite; ``resumed_from`` lists the {"epoch", "step"} each ``--resume`` continued from.
+    """
     return {
         "framework": framework,
         "backend": backend,
@@ -77,6 +85,8 @@ def run_metrics(*, framework, backend, seed, config, data_root, train_images, su
         "data": {"root": os.path.abspath(data_root), "train_images": train_images, "test_images": summary["total"]},
         "loss_curve": loss_curve,
         "epoch_losses": epoch_losses,
+        "diverged": diverged,
+        "resumed_from": list(resumed_from),
         **summary,
         "wall_time_s": wall_time_s,
         "versions": versions,

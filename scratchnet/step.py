@@ -3,13 +3,13 @@
 ``eager_step`` is the tutorial's loop body, module by module. ``FusedStep`` computes the
 same step for any ``Sequential`` of our layers (nested ones included) with the fused
 backend ops where the layers allow: each conv -> ReLU -> max-pool run becomes one
-``conv2d_relu_max_pool2d`` stage and each linear -> ReLU one ``linear_relu`` stage; every
-other layer runs as itself. Its backward stops at the first layer with parameters, which
-needs no input gradient (as torch skips it for an input that does not require one).
+``conv2d_relu_max_pool2d`` stage (when its geometry is the plain one those ops take: see
+``Backend``) and each linear -> ReLU one ``linear_relu`` stage; every other layer runs as
+itself. Its backward stops at the first layer with parameters, which needs no input gradient (as torch skips it for an input that does not require one).
 A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
 """
 
-from scratchnet import nn
+from scratchnet import functional, nn
 
 
 def eager_step(model, criterion, optimizer, images, labels, check_label_values=True):
@@ -78,8 +78,10 @@ def _leaves(sequential):
 
 
 def _is_conv_relu_pool(run):
+    """A conv -> ReLU -> max-pool run of the plain geometry the fused ops take."""
     return (len(run) == 3 and type(run[0]) is nn.Conv2d and type(run[1]) is nn.ReLU
-            and type(run[2]) is nn.MaxPool2d)
+            and type(run[2]) is nn.MaxPool2d and run[0].plain_geometry() is not None
+            and run[2].plain_geometry() is not None)
 
 
 def _is_linear_relu(run):
@@ -103,27 +105,29 @@ class LayerStage:
 
 
 class ConvReLUPoolStage:
-    """``pool(relu(conv(x)))`` through one fused backend op each way."""
+    """``pool(relu(conv(x)))`` through one fused backend op each way; an unbatched (C, H, W)
+    input runs as a batch of one."""
 
     has_parameters = True
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
+        self.geometry = conv.plain_geometry() + pool.plain_geometry()  # stride, padding, pool kernel, pool stride
 
     def forward(self, x):
         conv, pool = self.conv, self.pool
-        conv_shape = conv.output_shape(x)
-        pool.output_shape(conv_shape)  # checks the conv's output against the pool's window
-        self._x = x
-        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(
-            x, conv.weight.data, _data(conv.bias), conv.stride, conv.padding, pool.kernel_size, pool.stride)
-        return y
+        pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
+        self._x, self._unbatched = functional.batched(x, 3)
+        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(self._x, conv.weight.data, _data(conv.bias),
+                                                                     *self.geometry)
+        return y[0] if self._unbatched else y
 
     def backward(self, grad, need_input_grad):
-        conv, pool = self.conv, self.pool
-        return conv.backend.conv2d_relu_max_pool2d_backward(
-            self._x, conv.weight.data, self._saved, grad, conv.stride, conv.padding, pool.kernel_size, pool.stride,
+        conv = self.conv
+        grad_x = conv.backend.conv2d_relu_max_pool2d_backward(
+            self._x, conv.weight.data, self._saved, grad[None] if self._unbatched else grad, *self.geometry,
             conv.weight.grad, _grad(conv.bias), need_input_grad)
+        return grad_x[0] if self._unbatched and grad_x is not None else grad_x
 
 
 class LinearReLUStage:
@@ -136,15 +140,17 @@ class LinearReLUStage:
 
     def forward(self, x):
         linear = self.linear
-        linear.output_shape(x)
-        self._x = x
-        self._y = linear.backend.linear_relu_forward(x, linear.weight.data, _data(linear.bias))
-        return self._y
+        shape = linear.output_shape(x)
+        self._x_shape, self._x = x.shape, linear.rows(x)
+        self._y = linear.backend.linear_relu_forward(self._x, linear.weight.data, _data(linear.bias))
+        return self._y.reshape(shape)
 
     def backward(self, grad, need_input_grad):
         linear = self.linear
-        return linear.backend.linear_relu_backward(self._x, linear.weight.data, self._y, grad, linear.weight.grad,
-                                                   _grad(linear.bias), need_input_grad)
+        grad_x = linear.backend.linear_relu_backward(self._x, linear.weight.data, self._y,
+                                                     grad.reshape(self._y.shape), linear.weight.grad,
+                                                     _grad(linear.bias), need_input_grad)
+        return None if grad_x is None else grad_x.reshape(self._x_shape)
 
 
 def _data(param):

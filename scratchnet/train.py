@@ -1,10 +1,12 @@
 """The CIFAR-10 tutorial on scratchnet: ``python -m scratchnet.train [--backend numba] [--epochs 2] ...``.
 
 Trains the tutorial's Net with cross-entropy and SGD momentum, prints the tutorial's
-printout, and leaves a run folder with the weights (``cifar_net.npz``), ``metrics.json``
-and PNG plots.
+printout, and leaves a run folder with the weights (``cifar_net.npz``), the whole training
+state (``checkpoint.npz``, which ``--resume RUN_DIR`` continues from bit for bit),
+``metrics.json`` and PNG plots.
 """
 
+import math
 import os
 import sys
 import time
@@ -12,9 +14,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report
+from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader
-from scratchnet.evaluate import evaluate
+from scratchnet.evaluate import evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
 
@@ -22,19 +24,28 @@ WEIGHTS_FILE = "cifar_net.npz"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss (or a weight) stopped being finite; the message names the epoch and step."""
+    """The loss (or a weight) stopped being finite; the message names the epoch and step (also attributes)."""
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True,
-        average_losses=None):
+        state=None, average_losses=None):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
     backend: nothing is copied to the host until a log point (every ``log_every``
     mini-batches) or the end of an epoch. There the window is checked: a NaN or Inf
     raises TrainingDiverged naming the first bad epoch and step; a finite window is
-    printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(epoch, step)``
-    runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs, steps) on the host.
+    printed as the tutorial's ``[epoch, step] loss: mean`` and ``on_log(state)``
+    runs (the CLI writes a checkpoint there). ``step_losses`` is (epochs run, steps) on the host.
+
+    ``state`` (a ``resume.TrainingState``) is where training starts, and it is kept up to
+    date as training goes (its loss curve and epoch losses are the lists returned): a
+    fresh one starts at epoch 1, step 0; one restored by ``resume.restore`` continues
+    bit for bit where the saved run stopped.
 
     Each step is the backend's compiled form of the model's training step
     (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
@@ -45,15 +56,20 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     """
     average = average_losses or np.asarray
     xp = loader.backend.xp
+    state = state if state is not None else resume.TrainingState()
     take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
                                             label_pool=loader.targets, capture=capture)
     steps = len(loader)
-    loss_curve, epoch_losses, step_losses = [], [], []
-    for epoch in range(1, epochs + 1):
+    loss_curve, epoch_losses, step_losses = state.loss_curve, state.epoch_losses, []
+    for epoch in range(state.epoch, epochs + 1):
+        done = state.step if epoch == state.epoch else 0
         losses = xp.empty(steps, dtype=xp.float64)
-        checked = 0  # steps of this epoch whose losses are known to be finite
-        batches = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, disable=not progress)
-        for index, (images, labels) in enumerate(batches):
+        losses[:done] = loader.backend.asarray(state.epoch_step_losses[:done])
+        state.epoch, state.order_state = epoch, loader.order_state
+        checked = done  # steps of this epoch whose losses are known to be finite
+        batches = tqdm(loader.batches(skip=done), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                       disable=not progress, initial=done, total=steps)
+        for index, (images, labels) in enumerate(batches, start=done):
             _, losses[index] = take_step(images, labels)
             step = index + 1
             if step % log_every == 0:
@@ -64,13 +80,16 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                                    "loss": float(window.mean())})
                 tqdm.write(report.loss_line(epoch, step, loss_curve[-1]["loss"]))
                 if on_log is not None:
-                    on_log(epoch, step)
+                    state.step, state.epoch_step_losses = step, loader.backend.to_numpy(losses[:step])
+                    on_log(state)
         _finite_window(loader.backend, losses, checked, steps, epoch, average)
         _check_weights(net, epoch, steps)
         epoch_loss = average(loader.backend.to_numpy(losses))
         epoch_losses.append(float(epoch_loss.mean()))
         step_losses.append(epoch_loss)
-    return loss_curve, epoch_losses, np.stack(step_losses)
+    # Finished: the next epoch would be past the last, with the shuffle state it would start from.
+    state.epoch, state.step, state.epoch_step_losses, state.order_state = epochs + 1, 0, np.empty(0), loader.order_state
+    return loss_curve, epoch_losses, np.stack(step_losses) if step_losses else np.empty((0, steps))
 
 
 def _finite_window(backend, losses, start, stop, epoch, average):
@@ -78,14 +97,20 @@ def _finite_window(backend, losses, start, stop, epoch, average):
     window = average(backend.to_numpy(losses[start:stop]))
     bad = np.flatnonzero(~np.isfinite(window))
     if bad.size:
-        raise TrainingDiverged(f"the loss became {window[bad[0]]} at epoch {epoch}, step {start + bad[0] + 1}")
+        step = start + int(bad[0]) + 1
+        raise TrainingDiverged(f"the loss became {window[bad[0]]} at epoch {epoch}, step {step}", epoch, step)
     return window
 
 
 def _check_weights(net, epoch, step):
     for name, param in net.named_parameters():
         if not bool(param.backend.xp.isfinite(param.data).all()):
-            raise TrainingDiverged(f"{name} became non-finite by epoch {epoch}, step {step}")
+            raise TrainingDiverged(f"{name} became non-finite by epoch {epoch}, step {step}", epoch, step)
+
+
+# The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
+RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum", "seed",
+             "limit_train", "limit_test", "log_every")
 
 
 def main(argv=None):
@@ -94,8 +119,10 @@ def main(argv=None):
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="float type of the whole run: data, weights, gradients (default float32)")
-    parser.add_argument("--no-cuda-graph", dest="capture", action="store_false",
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                         help="GPU: run every step eagerly instead of replaying a captured CUDA graph")
+    parser.add_argument("--resume", metavar="RUN_DIR", type=cli.folder_name,
+                        help="continue the run in RUN_DIR from its last checkpoint, with its flags")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over the ranks of an MPI launcher (mpiexec -n N ...), "
                              "over NCCL with --backend cupy; --batch-size is then per worker")
@@ -104,7 +131,7 @@ def main(argv=None):
                                                 "collective, 0 for no bound (default %(default)g)")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    expected = (DataError, backends.BackendError, TrainingDiverged, OSError)
+    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError)
     if not args.distributed:
         if distributed.launcher_size() > 1:
             if distributed.launcher_rank() != 0:
@@ -112,31 +139,79 @@ def main(argv=None):
             parser.error(f"started as one of {distributed.launcher_size()} MPI ranks: pass --distributed "
                          f"(or start one process)")
         with cli.one_line_errors(parser.prog, *expected):
+            if args.resume is not None:
+                args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
+                if args.distributed:
+                    parser.error(f"{args.resume} holds a data-parallel run, which --resume cannot continue")
+            _check_memory(parser, args.width)
             run(args, distributed.SingleProcess())
         return
+    if args.resume is not None:
+        parser.error("--resume continues single-process runs only; a data-parallel run starts afresh")
+    _check_memory(parser, args.width)
     with cli.one_line_errors(parser.prog, distributed.DistributedError):
         comm = distributed.init(args.backend, args.timeout or None)
     with distributed.reporting_faults(comm, parser.prog, *expected):
         run(args, comm)
 
 
+def _flags_of_resumed_run(args, given):
+    """``args`` with the run's own flags from its checkpoint; a flag given that differs is refused."""
+    if args.overwrite:
+        raise resume.ResumeError("--resume continues a run and --overwrite replaces it: pass one of them")
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise resume.ResumeError(f"--out {args.out} differs from --resume {args.resume}: a run resumes in its folder")
+    record, _ = resume.read(os.path.join(args.resume, resume.STATE_FILE))
+    saved = record["run"]["args"]
+    for dest in RUN_FLAGS:
+        if dest in given and getattr(args, dest) != saved.get(dest):
+            flag = "--no-cuda-graph" if dest == "cuda_graph" else "--" + dest.replace("_", "-")
+            raise resume.ResumeError(f"{flag} {getattr(args, dest)} conflicts with the resumed run's "
+                                     f"{saved.get(dest)!r}; a resumed run keeps its flags (drop {flag})")
+        setattr(args, dest, saved.get(dest, getattr(args, dest)))  # a flag older records lack keeps its default
+    args.out = args.resume
+    return args
+
+
+def _check_memory(parser, width):
+    """Refuse a --width whose parameters, gradients and momentum alone exceed this machine's memory."""
+    needed = 3 * 4 * sum(math.prod(shape) for shape in parameter_shapes(width).values())
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        parser.error(f"--width {width} needs at least {needed / 2**30:.1f} GiB of memory for the network's "
+                     f"parameters, gradients and momentum; this machine has {available / 2**30:.1f} GiB")
+
+
 def run(args, comm):
     """One training run; with ``--distributed``, this rank's part of it (``comm`` is the job's communicator)."""
     started = time.perf_counter()
     backend = backends.get(args.backend)
-    dtype = np.dtype(args.dtype)
     distributed.check_same_flags(comm, vars(args))
     seed = comm.allgather_json(cli.resolve_seed(args.seed))[0]  # rank 0's: a fresh seed is drawn once
     distributed.quiet_unless_rank_0(comm)
-    writer = comm.rank == 0  # rank 0 alone writes the run folder
-    trainset = CIFAR10(args.data, train=True, download=args.download and writer, limit=args.limit_train)
+    if comm.rank != 0:  # rank 0 alone writes the run folder
+        _train_and_test(args, backend, seed, None, started, comm)
+        return
+    # Room for the weights and the training state, each beside its previous version while it is replaced.
+    params = sum(math.prod(shape) for shape in parameter_shapes(args.width).values())
+    with runs.open_run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}", resume=args.resume is not None,
+                              overwrite=args.overwrite, room_bytes=2 * 3 * np.dtype(args.dtype).itemsize * params) as folder:
+        if args.overwrite:
+            print(f"note: --overwrite: replacing the run in {folder.path}", file=sys.stderr)
+        _train_and_test(args, backend, seed, folder, started, comm)
+
+
+def _train_and_test(args, backend, seed, folder, started, comm):
+    """Train and test; ``folder`` is the run folder, None on the ranks that do not write it."""
+    saved = resume.read(folder.file(resume.STATE_FILE)) if args.resume is not None else None
+    trainset = CIFAR10(args.data, train=True, download=args.download and folder is not None, limit=args.limit_train)
     testset = CIFAR10(args.data, train=False, limit=args.limit_test)
-    run_dir = cli.run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}") if writer else None
-    weights = os.path.join(run_dir, WEIGHTS_FILE) if writer else None
+    weights = folder.file(WEIGHTS_FILE) if folder is not None else None
     data_time = time.perf_counter() - started
 
     # Independent streams for the initial weights and the shuffle order, both from the one seed.
     init_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
+    dtype = np.dtype(args.dtype)
     net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
@@ -148,29 +223,66 @@ def run(args, comm):
     trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend, dtype=dtype,
                              rank=comm.rank, workers=comm.size)
 
-    last_saved = []
+    run_record = {"args": {**{dest: getattr(args, dest) for dest in RUN_FLAGS}, "seed": seed},
+                  "versions": report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"), "train_time_s": 0.0,
+                  "resumed_from": []}
+    state = resume.TrainingState()
+    if saved is not None:
+        record, arrays = saved
+        state = resume.restore(folder.file(resume.STATE_FILE), record, arrays, net, optimizer, trainloader)
+        run_record["train_time_s"] = record["run"].get("train_time_s", 0.0)
+        run_record["resumed_from"] = record["run"].get("resumed_from", []) + [{"epoch": state.epoch,
+                                                                               "step": state.step}]
+        for point in state.loss_curve:  # the printout so far, so a resumed run prints what an uninterrupted one does
+            print(report.loss_line(point["epoch"], point["step"], point["loss"]))
+    last_saved = [state.epoch, state.step] if saved is not None else []
 
-    def save_checkpoint(epoch, step):
+    counted_until = [time.perf_counter()]  # training time up to here is in run_record (summed over resumes)
+
+    def save_checkpoint(at):
+        now = time.perf_counter()
+        run_record["train_time_s"] += now - counted_until[0]
+        counted_until[0] = now
         checkpoint.save_npz(weights, net.state_dict())
-        last_saved[:] = [epoch, step]
+        resume.save(folder.file(resume.STATE_FILE), net, optimizer, at, run_record)
+        last_saved[:] = [at.epoch, at.step]
 
+    def metrics_of(summary, diverged=None):
+        return report.run_metrics(
+            framework="scratchnet", backend=backend.name, seed=seed,
+            config=cli.config(args, width=args.width, dtype=args.dtype),
+            data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=state.loss_curve,
+            epoch_losses=state.epoch_losses, diverged=diverged, resumed_from=run_record["resumed_from"],
+            wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
+                         "total": time.perf_counter() - started},
+            versions=run_record["versions"],
+        )
+
+    test_time = None
     train_started = time.perf_counter()
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
-            loss_curve, epoch_losses, _ = fit(
-                net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                on_log=save_checkpoint if writer else None, progress=sys.stderr.isatty(),
+            fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
+                on_log=save_checkpoint if folder is not None else None, progress=sys.stderr.isatty(),
                 # A captured graph cannot hold the allreduce's bounded wait: data-parallel steps run eagerly.
-                capture=args.capture and not args.distributed,
+                capture=args.cuda_graph and not args.distributed, state=state,
                 average_losses=distributed.loss_averager(comm) if args.distributed else None)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")
-        raise TrainingDiverged(f"training stopped: {exc}; {kept}") from None
-    train_time = time.perf_counter() - train_started
+        if folder is not None:
+            metrics = metrics_of(report.UNTESTED, {"epoch": exc.epoch, "step": exc.step, "message": str(exc)})
+            report.write_metrics(folder.path, metrics)
+            plots.save_training_plots(folder.path, metrics)
+        raise TrainingDiverged(f"training stopped: {exc}; {kept}", exc.epoch, exc.step) from None
+    except KeyboardInterrupt:
+        where = (f"the last checkpoint (epoch {last_saved[0]}, step {last_saved[1]}) is in {folder.path}; continue "
+                 f"with: python -m scratchnet.train --resume {folder.path}" if last_saved else "nothing was saved yet")
+        raise KeyboardInterrupt(where) from None
     print("Finished Training")
-    if writer:
-        save_checkpoint(args.epochs, len(trainloader))
+    train_time = time.perf_counter() - train_started
+    if folder is not None:
+        save_checkpoint(state)
 
     test_started = time.perf_counter()
     if args.distributed:
@@ -182,14 +294,7 @@ def run(args, comm):
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
-    metrics = report.run_metrics(
-        framework="scratchnet", backend=backend.name, seed=seed,
-        config=cli.config(args, width=args.width, dtype=args.dtype), data_root=args.data,
-        train_images=len(trainset), summary=summary, loss_curve=loss_curve, epoch_losses=epoch_losses,
-        wall_time_s={"data": data_time, "train": train_time, "test": test_time,
-                     "total": time.perf_counter() - started},
-        versions=report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"),
-    )
+    metrics = metrics_of(summary)
     if args.distributed:
         metrics["distributed"] = {
             "world_size": comm.size, "transport": comm.transport, "batch_size_per_worker": args.batch_size,
@@ -197,11 +302,12 @@ def run(args, comm):
             "per_rank": distributed.rank_timings(comm, train_s=train_time, allreduce_s=optimizer.allreduce_s,
                                                  test_s=test_time),
         }
-    if writer:
-        report.write_metrics(run_dir, metrics)
-        plots.save_all(run_dir, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
-                       testset.classes)
-        print(f"Run folder: {run_dir}")
+    if folder is None:
+        return
+    report.write_metrics(folder.path, metrics)
+    plots.save_all(folder.path, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
+                   testset.classes)
+    print(f"Run folder: {folder.path}")
 
 
 if __name__ == "__main__":

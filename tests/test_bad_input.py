@@ -13,8 +13,8 @@ def _zeros(backend, *shape):
 
 def test_wrong_rank_names_layer_and_shape(backend):
     conv = nn.Conv2d(3, 6, 5).to(backend.name)
-    with pytest.raises(ValueError, match=r"Conv2d\(3, 6.*\(3, 32, 32\)"):
-        conv(_zeros(backend, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 6.*\(32, 32\)"):
+        conv(_zeros(backend, 32, 32))  # (C, H, W) is an unbatched input, as in torch
     linear = nn.Linear(400, 120).to(backend.name)
     with pytest.raises(ValueError, match=r"Linear.*\(4, 16, 5, 5\)"):
         linear(_zeros(backend, 4, 16, 5, 5))

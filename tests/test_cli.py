@@ -130,6 +130,11 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(data_root, tm
     state = checkpoint.load(out / "cifar_net.npz")
     assert all(np.isfinite(value).all() for value in state.values())
     assert "Finished Training" not in result.stdout
+    # What ran is kept, marked diverged, with no accuracy that could pass for a result.
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert metrics["diverged"]["epoch"] == 1 and metrics["diverged"]["step"] == failed
+    assert metrics["accuracy"] is None and len(metrics["loss_curve"]) == kept
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (out / "samples.png").exists()
 
 
 def test_missing_data_folder(tmp_path):

@@ -66,6 +66,11 @@ def test_the_plan_fuses_every_run_in_any_sequential():
     assert kinds == [ConvReLUPoolStage] * 3 + [LayerStage, LinearReLUStage, LayerStage]
     not_a_run = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Linear(4, 4), nn.Flatten())
     assert [type(stage) for stage in plan(not_a_run)] == [LayerStage] * 5
+    # Geometry the fused ops do not take runs layer by layer.
+    for conv, pool in [(nn.Conv2d(3, 4, 3, dilation=2), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3, groups=1,
+                       padding=(1, 0)), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, ceil_mode=True)),
+                       (nn.Conv2d(3, 4, 3), nn.MaxPool2d((2, 3))), (nn.Conv2d(3, 4, 3, stride=(1, 2)), nn.MaxPool2d(2))]:
+        assert [type(stage) for stage in plan(nn.Sequential(conv, nn.ReLU(), pool))] == [LayerStage] * 3, (conv, pool)
 
 
 class _Spy:

@@ -91,7 +91,7 @@ def _conv_cases(count):
         stride, padding = int(rng.integers(1, 4)), int(rng.integers(0, 3))
         h, w = (int(v) for v in rng.integers(max(kh, kw), 20, size=2))
         yield (rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o),
-               (stride, padding))
+               ((stride, stride), ((padding, padding), (padding, padding)), (1, 1), 1))
 
 
 def _dense_cases(count):

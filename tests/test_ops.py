@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import TOLERANCE, check_module_against_torch, relative_error
+from harness import TOLERANCE, check_module_against_torch, layouts_for, relative_error
 from scratchnet import nn, optim
 from scratchnet.models import Net
 
@@ -49,7 +49,8 @@ def test_conv2d_matches_torch(backend, dtype, error_report):
         def torch_conv(x_t, weight, bias=None, case=case):
             return F.conv2d(x_t, weight, bias, stride=case["stride"], padding=case["padding"])
 
-        check_module_against_torch(conv, torch_conv, x, backend, dtype, error_report, "conv2d", params)
+        check_module_against_torch(conv, torch_conv, x, backend, dtype, error_report, "conv2d", params,
+                                   config=str(case), layouts=layouts_for(index))
 
 
 def _pool_cases():
@@ -74,7 +75,8 @@ def test_max_pool2d_matches_torch(backend, dtype, error_report):
         x = (rng.permutation(int(np.prod(shape))).reshape(shape) / np.prod(shape) - 0.5).astype(dtype)
         pool = _module_on(nn.MaxPool2d(case["kernel"], case["stride"]), backend, dtype)
         check_module_against_torch(pool, lambda x_t, c=case: F.max_pool2d(x_t, c["kernel"], c["stride"]),
-                                   x, backend, dtype, error_report, "max_pool2d")
+                                   x, backend, dtype, error_report, "max_pool2d", config=str(case),
+                                   layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -87,7 +89,8 @@ def test_linear_matches_torch(backend, dtype, error_report):
         linear = _module_on(nn.Linear(fin, fout, bias=has_bias, seed=index), backend, dtype)
         x = rng.standard_normal((n, fin)).astype(dtype)
         params = [("weight", linear.weight)] + ([("bias", linear.bias)] if has_bias else [])
-        check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, "linear", params)
+        check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, "linear", params,
+                                   config=f"n={n} in={fin} out={fout} bias={has_bias}", layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -98,9 +101,12 @@ def test_relu_and_flatten_match_torch(backend, dtype, error_report):
         x = rng.standard_normal(shape).astype(dtype)
         x[x == 0] = 1  # ReLU's derivative at exactly 0 is a convention; keep away from it
         relu = _module_on(nn.ReLU(), backend, dtype)
-        check_module_against_torch(relu, F.relu, x, backend, dtype, error_report, "relu")
+        config, layouts = f"shape={shape}", layouts_for(index)
+        check_module_against_torch(relu, F.relu, x, backend, dtype, error_report, "relu", config=config,
+                                   layouts=layouts)
         flatten = _module_on(nn.Flatten(), backend, dtype)
-        check_module_against_torch(flatten, lambda t: torch.flatten(t, 1), x, backend, dtype, error_report, "flatten")
+        check_module_against_torch(flatten, lambda t: torch.flatten(t, 1), x, backend, dtype, error_report, "flatten",
+                                   config=config, layouts=layouts)
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0], ids=["logits", "logits_x100"])

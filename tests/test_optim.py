@@ -6,6 +6,7 @@ import torch
 
 from harness import relative_error
 from scratchnet import optim
+from scratchnet.models import Net
 from scratchnet.nn import Parameter
 
 SETTINGS = [
@@ -56,3 +57,31 @@ def test_sgd_rejects_invalid_settings(settings):
     param = Parameter(np.ones(3, dtype=np.float32))
     with pytest.raises(ValueError, match="SGD"):
         optim.SGD([param], **settings)
+
+
+def test_state_dict_round_trip_continues_bit_identical(backend):
+    def model():
+        net = Net(seed=4).to(backend.name)
+        return net, optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    def step(net, optimizer, seed):
+        for index, param in enumerate(net.parameters()):
+            grad = np.random.default_rng(seed + index).standard_normal(param.shape).astype(np.float32)
+            param.grad[...] = backend.asarray(grad)
+        optimizer.step()
+
+    whole, whole_optimizer = model()
+    resumed, resumed_optimizer = model()
+    assert resumed_optimizer.state_dict() == {"momentum_buffers": None}  # no step yet: the next one is the first
+    resumed_optimizer.load_state_dict(resumed_optimizer.state_dict())
+    for seed in range(3):
+        step(whole, whole_optimizer, seed)
+    step(resumed, resumed_optimizer, 0)
+    saved_weights, saved_optimizer = resumed.state_dict(), resumed_optimizer.state_dict()
+    resumed, resumed_optimizer = model()
+    resumed.load_state_dict(saved_weights)
+    resumed_optimizer.load_state_dict(saved_optimizer)
+    for seed in (1, 2):
+        step(resumed, resumed_optimizer, seed)
+    for name, value in whole.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[name], value, err_msg=name)

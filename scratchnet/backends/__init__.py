@@ -6,6 +6,8 @@ contract); ``numpy_backend`` is the readable reference, ``numba`` and ``cupy`` p
 
 import importlib
 
+import numpy as np
+
 _MODULES = {
     "numpy": "scratchnet.backends.numpy_backend",
     "numba": "scratchnet.backends.numba",
@@ -37,6 +39,11 @@ def get(name):
         raise BackendError(
             f"backend {name!r} is not available: {reason}; available here: {', '.join(available())}"
         ) from None
+
+
+def for_array(array):
+    """The reference backend for a host array, the cupy backend for any other (a GPU array)."""
+    return get("numpy") if isinstance(array, (np.ndarray, np.generic)) else get("cupy")
 
 
 def available():

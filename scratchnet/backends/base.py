@@ -7,7 +7,7 @@ hold all of them to torch autograd.
 
 The contract every op keeps:
 
-* Layouts follow torch: activations NCHW, conv weights (O, C, KH, KW), linear weights
+* Layouts follow torch: activations NCHW, conv weights (O, C / groups, KH, KW), linear weights
   (out, in). Max-pool indices are flat positions ``h * W + w`` inside each input plane,
   like torch's ``return_indices``.
 * Ops never modify their inputs, and take arrays of any strides.
@@ -15,7 +15,8 @@ The contract every op keeps:
   (``grad_weight``, ``grad_bias``: the parameters' ``.grad``; ``grad_bias`` is None for a
   layer without bias) and *adds* its gradients into them, as autograd accumulates. It
   returns only the input gradient, or None when ``need_input_grad`` is False.
-* Losses come back as 0-d arrays on the backend, so a GPU need not wait for the host.
+* Losses come back as arrays on the backend (0-d, or per row for reduction 'none'), so a
+  GPU need not wait for the host.
 * Arrays never cross devices silently: ``asarray`` and ``to_numpy`` are the only moves,
   and ``check_array`` refuses an array of another device.
 """
@@ -28,11 +29,41 @@ def conv_output_size(size, kernel, stride=1, padding=0):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def check_class_indices(labels, classes, what):
-    """Raise a ValueError naming ``what`` unless every label lies in [0, classes)."""
-    low, high = int(labels.min()), int(labels.max())
+def conv2d_output_hw(hw, kernel, stride, padding, dilation):
+    """Output (H, W) of a convolution: the padded size against the dilated kernel.
+    ``padding`` is ((top, bottom), (left, right)), the other arguments pairs."""
+    return tuple((size + before + after - d * (k - 1) - 1) // s + 1
+                 for size, k, s, (before, after), d in zip(hw, kernel, stride, padding, dilation))
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """Output length of a max-pool along one axis. In ceil mode torch drops a last window
+    that would start inside the right padding, so every window starts on the input or the left padding."""
+    reach = size + 2 * padding - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return reach // stride + 1
+    out = -(-reach // stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def max_pool2d_output_hw(hw, kernel, stride, padding, dilation, ceil_mode):
+    """Output (H, W) of a max-pool; every argument but ``ceil_mode`` a pair."""
+    return tuple(pool_output_size(size, k, s, p, d, ceil_mode)
+                 for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
+
+
+def check_class_indices(labels, classes, what, ignore_index=None):
+    """Raise a ValueError naming ``what`` unless every label lies in [0, classes) or equals ``ignore_index``."""
+    counted = labels if ignore_index is None else labels[labels != ignore_index]
+    if counted.size == 0:
+        return
+    low, high = int(counted.min()), int(counted.max())
     if low < 0 or high >= classes:
-        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes, got {low}..{high}")
+        ignored = "" if ignore_index is None else f" (or equal ignore_index={ignore_index})"
+        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes{ignored}, "
+                         f"got {low}..{high}")
 
 
 class Backend:
@@ -57,36 +88,47 @@ class Backend:
         raise NotImplementedError
 
     # ---- conv2d ----------------------------------------------------------------
+    # Geometry comes parsed (``scratchnet.functional`` parses torch's arguments): ``stride``
+    # and ``dilation`` are (h, w) pairs, ``padding`` is ((top, bottom), (left, right)) (torch's
+    # 'same' pads an odd total one more at the bottom and right), ``groups`` an int that
+    # divides both channel counts. ``x`` is (N, C, H, W), ``weight`` (O, C / groups, KH, KW).
 
-    def conv2d_forward(self, x, weight, bias, stride, padding):
-        """Cross-correlation of (N, C, H, W) ``x`` with ``weight``; ``bias`` may be None."""
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
+        """Cross-correlation of ``x`` with ``weight``, zero padding; ``bias`` may be None."""
         raise NotImplementedError
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
+                        need_input_grad=True):
         """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias``; return grad_x or None."""
         raise NotImplementedError
 
     # ---- max-pool --------------------------------------------------------------
+    # ``kernel``, ``stride``, ``padding`` and ``dilation`` are (h, w) pairs; padding counts as
+    # -inf and is at most half the kernel; ``ceil_mode`` as torch's (``max_pool2d_output_hw``).
 
-    def max_pool2d_forward(self, x, kernel, stride):
-        """Floor-mode max-pool. Return (y, indices); ties go to the first element in scan order, as in torch."""
+    def max_pool2d_forward(self, x, kernel, stride, padding, dilation, ceil_mode):
+        """Max-pool of (N, C, H, W) ``x``. Return (y, indices) with torch's choice in each window:
+        in scan order a strictly greater value or any NaN takes over (ties go to the first
+        maximum, NaN to the last NaN); a window of -inf keeps its first tap on the input."""
         raise NotImplementedError
 
-    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
-        """Each output gradient routed to its argmax (summed where windows overlap)."""
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):
+        """Each output gradient routed to its argmax (summed where windows overlap). The geometry
+        serves backends that gather per input pixel over the windows containing it."""
         raise NotImplementedError
 
     # ---- element-wise and dense ----------------------------------------------------
 
     def relu_forward(self, x):
+        """max(x, 0) of any shape and memory layout, C-ordered; NaN stays NaN, as in torch."""
         raise NotImplementedError
 
     def relu_backward(self, grad_y, y):
-        """``grad_y`` where the forward's output ``y`` is positive, else 0."""
+        """``grad_y`` wherever the forward's output ``y`` is not <= 0 (NaN included, as torch), else 0."""
         raise NotImplementedError
 
     def linear_forward(self, x, weight, bias):
-        """``x @ weight.T + bias`` for (N, in) ``x``; ``bias`` may be None."""
+        """``x @ weight.T + bias`` for (N, in) ``x`` (``nn.Linear`` folds leading axes into N); ``bias`` may be None."""
         raise NotImplementedError
 
     def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
@@ -95,12 +137,18 @@ class Backend:
 
     # ---- loss --------------------------------------------------------------------
 
-    def cross_entropy_forward(self, logits, labels):
-        """Mean softmax cross-entropy of (N, classes) logits. Return (loss as a 0-d array, probabilities)."""
+    def cross_entropy_forward(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        """torch's cross-entropy of (rows, C) ``logits`` (``scratchnet.functional`` moves the class
+        axis last). ``target`` is (rows,) integer class indices, checked to lie in [0, C) or
+        equal ``ignore_index``, or (rows, C) class probabilities of the logits' dtype; ``weight``
+        is None or one weight per class. ``reduction`` is 'mean' (torch's weighted mean: NaN when
+        every row is ignored), 'sum' or 'none'. Return (loss, saved): the loss a 0-d array, or
+        (rows,) for 'none'; ``saved`` is private to the backend, for the backward."""
         raise NotImplementedError
 
-    def cross_entropy_backward(self, probs, labels):
-        """d mean loss / d logits, from the forward's probabilities."""
+    def cross_entropy_backward(self, saved, grad_loss=None):
+        """d loss / d logits as (rows, C). ``grad_loss`` is the upstream gradient: None for 1, or
+        an array of the loss's shape. A row without weight (ignored) gets 0."""
         raise NotImplementedError
 
     # ---- optimizer -----------------------------------------------------------------
@@ -121,21 +169,26 @@ class Backend:
 
     # ---- fused blocks ------------------------------------------------------------------
     # Composed from the ops above, so every backend has them; a backend may override them
-    # with fused kernels of the same results. ``saved`` is private to the backend.
+    # with fused kernels of the same results. ``saved`` is private to the backend. They take
+    # plain geometry only, as ints: a square ``stride``, the same ``padding`` on every side, no
+    # dilation, one group, and a square floor-mode pool window without padding or dilation
+    # (``scratchnet.step`` fuses only such layers).
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
         """max_pool2d(relu(conv2d(x))). Return (y, saved): ``saved`` is what the backward needs."""
-        relu_y = self.relu_forward(self.conv2d_forward(x, weight, bias, stride, padding))
-        y, indices = self.max_pool2d_forward(relu_y, pool_kernel, pool_stride)
+        conv = _plain_conv(stride, padding)
+        relu_y = self.relu_forward(self.conv2d_forward(x, weight, bias, *conv))
+        y, indices = self.max_pool2d_forward(relu_y, *_plain_pool(pool_kernel, pool_stride), False)
         return y, (relu_y, indices)
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
                                         grad_weight, grad_bias, need_input_grad=True):
         """As ``conv2d_backward``, given the forward's ``saved``."""
         relu_y, indices = saved
-        grad_relu = self.max_pool2d_backward(grad_y, indices, relu_y.shape, pool_kernel, pool_stride)
+        grad_relu = self.max_pool2d_backward(grad_y, indices, relu_y.shape, *_plain_pool(pool_kernel, pool_stride))
         grad_conv = self.relu_backward(grad_relu, relu_y)
-        return self.conv2d_backward(x, weight, grad_conv, stride, padding, grad_weight, grad_bias, need_input_grad)
+        return self.conv2d_backward(x, weight, grad_conv, *_plain_conv(stride, padding), grad_weight, grad_bias,
+                                    need_input_grad)
 
     def linear_relu_forward(self, x, weight, bias):
         """relu(linear(x)); the backward takes this output back."""
@@ -162,3 +215,13 @@ class Backend:
         from scratchnet.step import eager_step  # the step drives nn modules, which import the backends
 
         return functools.partial(eager_step, model, criterion, optimizer)
+
+
+def _plain_conv(stride, padding):
+    """The fused ops' int geometry as conv2d's (stride, padding, dilation, groups)."""
+    return (stride, stride), ((padding, padding), (padding, padding)), (1, 1), 1
+
+
+def _plain_pool(kernel, stride):
+    """The fused ops' int pool geometry as max-pool's (kernel, stride, padding, dilation)."""
+    return (kernel, kernel), (stride, stride), (0, 0), (1, 1)

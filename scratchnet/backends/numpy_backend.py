@@ -7,7 +7,7 @@ math. It keeps the default (eager, unfused) training step: it computes what it s
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from scratchnet.backends.base import Backend, conv_output_size
+from scratchnet.backends.base import Backend, conv2d_output_hw, max_pool2d_output_hw
 
 
 class NumpyBackend(Backend):
@@ -18,7 +18,7 @@ class NumpyBackend(Backend):
 
     def asarray(self, array, dtype=None):
         self.check_array(array, "input")
-        return np.ascontiguousarray(array, dtype=dtype)
+        return np.asarray(array, dtype=dtype, order="C")  # ascontiguousarray would make a 0-d array 1-d
 
     def to_numpy(self, array):
         return np.asarray(array)
@@ -32,84 +32,88 @@ class NumpyBackend(Backend):
 
     # ---- conv2d ----------------------------------------------------------------
 
-    @staticmethod
-    def _windows(padded, kh, kw, stride, out_h, out_w):
-        """A (N, C, KH, KW, OH, OW) view of every receptive field, without copying."""
-        n, c, _, _ = padded.shape
-        sn, sc, sh, sw = padded.strides
-        return as_strided(
-            padded,
-            shape=(n, c, kh, kw, out_h, out_w),
-            strides=(sn, sc, sh, sw, sh * stride, sw * stride),
-            writeable=False,
-        )
-
-    def conv2d_forward(self, x, weight, bias, stride, padding):
-        n, c, h, w = x.shape
-        out_c, _, kh, kw = weight.shape
-        out_h, out_w = conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
-        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        cols = self._windows(padded, kh, kw, stride, out_h, out_w).reshape(n, c * kh * kw, out_h * out_w)
-        y = np.matmul(weight.reshape(out_c, -1), cols)
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
+        n = x.shape[0]
+        out_c, group_c, kh, kw = weight.shape
+        out_hw = conv2d_output_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
+        padded = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+        # Per group one matmul over im2col.
+        cols = _windows(padded, (kh, kw), stride, dilation, out_hw).reshape(n, groups, group_c * kh * kw, -1)
+        y = np.matmul(weight.reshape(groups, out_c // groups, -1), cols).reshape((n, out_c) + out_hw)
         if bias is not None:
-            y += bias[:, None]
-        return y.reshape(n, out_c, out_h, out_w)
+            y += bias[:, None, None]
+        return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
+                        need_input_grad=True):
         n, c, h, w = x.shape
-        out_c, _, kh, kw = weight.shape
-        _, _, out_h, out_w = grad_y.shape
-        padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-        cols = self._windows(padded, kh, kw, stride, out_h, out_w).reshape(n, c * kh * kw, out_h * out_w)
-        gy = grad_y.reshape(n, out_c, out_h * out_w)
-        grad_weight += np.einsum("nol,nkl->ok", gy, cols).reshape(weight.shape)
+        out_c, group_c, kh, kw = weight.shape
+        out_hw = grad_y.shape[2:]
+        padded = np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+        cols = _windows(padded, (kh, kw), stride, dilation, out_hw).reshape(n, groups, group_c * kh * kw, -1)
+        gy = grad_y.reshape(n, groups, out_c // groups, -1)
+        grad_weight += np.einsum("ngol,ngkl->gok", gy, cols).reshape(weight.shape)
         if grad_bias is not None:
-            grad_bias += gy.sum(axis=(0, 2))
+            grad_bias += grad_y.sum(axis=(0, 2, 3))
         if not need_input_grad:
             return None
-        grad_cols = np.matmul(weight.reshape(out_c, -1).T, gy).reshape(n, c, kh, kw, out_h, out_w)
+        weight_t = weight.reshape(groups, out_c // groups, -1).transpose(0, 2, 1)
+        grad_cols = np.matmul(weight_t, gy).reshape((n, c, kh, kw) + tuple(out_hw))
         grad_padded = np.zeros_like(padded)
         # col2im: every kernel tap adds its slice back to the pixels it read.
         for i in range(kh):
+            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (out_hw[0] - 1) + 1, stride[0])
             for j in range(kw):
-                grad_padded[:, :, i:i + stride * out_h:stride, j:j + stride * out_w:stride] += grad_cols[:, :, i, j]
-        return np.ascontiguousarray(grad_padded[:, :, padding:padding + h, padding:padding + w])
+                cols_ = slice(j * dilation[1], j * dilation[1] + stride[1] * (out_hw[1] - 1) + 1, stride[1])
+                grad_padded[:, :, rows, cols_] += grad_cols[:, :, i, j]
+        (top, _), (left, _) = padding
+        return np.ascontiguousarray(grad_padded[:, :, top:top + h, left:left + w])
 
     # ---- max-pool --------------------------------------------------------------
 
-    def max_pool2d_forward(self, x, kernel, stride):
+    def max_pool2d_forward(self, x, kernel, stride, padding, dilation, ceil_mode):
         n, c, h, w = x.shape
-        out_h, out_w = conv_output_size(h, kernel, stride), conv_output_size(w, kernel, stride)
-        sn, sc, sh, sw = x.strides
-        windows = as_strided(
-            x,
-            shape=(n, c, out_h, out_w, kernel, kernel),
-            strides=(sn, sc, sh * stride, sw * stride, sh, sw),
-            writeable=False,
-        ).reshape(n, c, out_h, out_w, kernel * kernel)
-        tap = windows.argmax(axis=-1)
-        y = np.take_along_axis(windows, tap[..., None], axis=-1)[..., 0]
-        row = np.arange(out_h)[:, None] * stride + tap // kernel
-        col = np.arange(out_w)[None, :] * stride + tap % kernel
-        return y, (row * w + col).astype(np.int64)
+        out_hw = max_pool2d_output_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
+        # Pad far enough for every window (ceil mode may reach past the right padding).
+        reach = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_hw, stride, dilation, kernel)]
+        after = [max(r - size - p, 0) for r, size, p in zip(reach, (h, w), padding)]
+        shape = (n, c, padding[0] + h + after[0], padding[1] + w + after[1])
+        padded = np.full(shape, -np.inf, dtype=x.dtype)
+        padded[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w] = x
+        on_input = np.zeros((1, 1) + shape[2:], dtype=bool)
+        on_input[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w] = True
+        taps = kernel[0] * kernel[1]
 
-    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
-        """``kernel`` and ``stride`` serve backends that gather per input pixel over the windows
-        containing it; this one scatters."""
+        def window_values(array):
+            view = _windows(array, kernel, stride, dilation, out_hw)  # (N, C, KH, KW, OH, OW)
+            return np.moveaxis(view.reshape(array.shape[:2] + (taps,) + out_hw), 2, -1)
+
+        values, valid = window_values(padded), window_values(on_input)
+        is_nan = np.isnan(values)
+        first_max = values.argmax(axis=-1)
+        last_nan = taps - 1 - is_nan[..., ::-1].argmax(axis=-1)
+        first_valid = np.broadcast_to(valid.argmax(axis=-1), first_max.shape)
+        best = np.take_along_axis(values, first_max[..., None], axis=-1)[..., 0]
+        tap = np.where(is_nan.any(axis=-1), last_nan, np.where(best == -np.inf, first_valid, first_max))
+        y = np.take_along_axis(values, tap[..., None], axis=-1)[..., 0]
+        row = np.arange(out_hw[0])[:, None] * stride[0] - padding[0] + tap // kernel[1] * dilation[0]
+        col = np.arange(out_hw[1])[None, :] * stride[1] - padding[1] + tap % kernel[1] * dilation[1]
+        return np.ascontiguousarray(y), (row * w + col).astype(np.int64)
+
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):
         n, c, h, w = x_shape
         grad_x = np.zeros((n * c, h * w), dtype=grad_y.dtype)
-        planes = np.arange(n * c)[:, None]
         # add.at, not fancy assignment: overlapping windows may pick the same pixel.
-        np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_y.reshape(n * c, -1))
+        np.add.at(grad_x, (np.arange(n * c)[:, None], indices.reshape(n * c, -1)), grad_y.reshape(n * c, -1))
         return grad_x.reshape(x_shape)
 
     # ---- element-wise and dense ----------------------------------------------------
 
     def relu_forward(self, x):
-        return np.maximum(x, 0)
+        return np.ascontiguousarray(np.maximum(x, 0))  # np.maximum propagates NaN, as torch
 
     def relu_backward(self, grad_y, y):
-        return np.where(y > 0, grad_y, 0).astype(grad_y.dtype, copy=False)
+        return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(grad_y.dtype, copy=False))
 
     def linear_forward(self, x, weight, bias):
         y = x @ weight.T
@@ -125,18 +129,51 @@ class NumpyBackend(Backend):
 
     # ---- loss --------------------------------------------------------------------
 
-    def cross_entropy_forward(self, logits, labels):
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_sum_exp = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_sum_exp
-        loss = -log_probs[np.arange(len(labels)), labels].mean()
-        return np.asarray(loss), np.exp(log_probs)
+    def cross_entropy_forward(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        """Both target kinds reduce to per-row coefficients ``a`` with ``loss_row = -sum_c a[c] *
+        log_softmax[c]`` over a normalizing ``denominator`` (torch's weighted mean), so one
+        backward serves both: ``(softmax * sum_c a[c] - a) / denominator``."""
+        # NaN or inf logits, and every target ignored (0 / 0), give NaN as in torch: no warnings.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing)
 
-    def cross_entropy_backward(self, probs, labels):
-        grad = probs.copy()
-        grad[np.arange(len(labels)), labels] -= 1
-        grad /= len(labels)
-        return grad
+    @staticmethod
+    def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing):
+        rows, classes = logits.shape
+        class_weight = np.ones(classes, dtype=logits.dtype) if weight is None else weight.astype(logits.dtype)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        smoothing = logits.dtype.type(label_smoothing)
+        if target.ndim == 2:
+            coefficients = (target * (1 - smoothing) + smoothing / classes) * class_weight
+            denominator = rows
+        else:
+            counted = target != ignore_index
+            labels = np.where(counted, target, 0)
+            picked = class_weight[labels] * counted
+            coefficients = (smoothing / classes) * class_weight * counted[:, None]
+            coefficients[np.arange(rows), labels] += (1 - smoothing) * picked
+            denominator = picked.sum()
+        # 0 * -inf (a class with probability 0 and no coefficient) contributes 0, as in torch.
+        row_loss = -np.where(coefficients == 0, 0, coefficients * log_probs).sum(axis=1)
+        if reduction == "none":
+            loss, denominator = row_loss, 1
+        elif reduction == "sum":
+            loss, denominator = row_loss.sum(), 1
+        else:
+            loss = row_loss.sum() / denominator
+        saved = (np.exp(log_probs), coefficients, logits.dtype.type(denominator))
+        return np.asarray(loss, dtype=logits.dtype), saved
+
+    def cross_entropy_backward(self, saved, grad_loss=None):
+        probs, coefficients, denominator = saved
+        weight_sums = coefficients.sum(axis=1, keepdims=True)
+        # A row without weight (ignored) has gradient 0 even when every row is ignored (0 / 0), as in torch.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grad = np.where(weight_sums == 0, 0, (probs * weight_sums - coefficients) / denominator)
+        if grad_loss is not None:
+            grad *= np.reshape(grad_loss, (-1, 1))
+        return grad.astype(probs.dtype, copy=False)
 
     # ---- optimizer -----------------------------------------------------------------
 
@@ -150,6 +187,15 @@ class NumpyBackend(Backend):
                 buf += (1 - dampening) * d_p
             d_p = d_p + momentum * buf if nesterov else buf
         param -= lr * d_p
+
+
+def _windows(padded, kernel, stride, dilation, out_hw):
+    """A read-only (N, C, KH, KW, OH, OW) view of every receptive field, without copying."""
+    n, c, _, _ = padded.shape
+    sn, sc, sh, sw = padded.strides
+    return as_strided(padded, shape=(n, c) + tuple(kernel) + tuple(out_hw),
+                      strides=(sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
+                      writeable=False)
 
 
 def create():

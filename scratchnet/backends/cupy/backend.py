@@ -1,6 +1,7 @@
 """The GPU backend: the ``Backend`` interface on CuPy arrays, computed by our own CUDA kernels.
 
-The kernels live in ``cuda_sources`` (compiled by CuPy's NVRTC once per float
+The kernels live in ``cuda_sources`` and, for any geometry other than the tutorial's
+and for every cross-entropy, ``cuda_general_sources`` (compiled by CuPy's NVRTC once per float
 type); large dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
 never cross between host and device implicitly: ``asarray`` and ``to_numpy``
 are the only moves, and ``check_array`` refuses numpy arrays.
@@ -19,8 +20,8 @@ import cupy as cp
 import numpy as np
 
 from scratchnet.backends import BackendError
-from scratchnet.backends.base import Backend, conv_output_size
-from scratchnet.backends.cupy import cuda_sources
+from scratchnet.backends.base import Backend, conv2d_output_hw, conv_output_size, max_pool2d_output_hw
+from scratchnet.backends.cupy import cuda_general_sources, cuda_sources
 from scratchnet.backends.cupy.graph import CapturedStep
 
 _THREADS = 256
@@ -70,8 +71,9 @@ class CupyBackend(Backend):
     def _kernel(self, dtype, name):
         dtype = np.dtype(dtype)
         if dtype not in self._modules:
-            module = cp.RawModule(code=cuda_sources.source_for(dtype), options=("-std=c++14",))
-            self._modules[dtype] = {kernel: module.get_function(kernel) for kernel in cuda_sources.KERNEL_NAMES}
+            module = cp.RawModule(code=cuda_general_sources.source_for(dtype), options=("-std=c++14",))
+            self._modules[dtype] = {kernel: module.get_function(kernel)
+                                    for kernel in cuda_general_sources.ALL_KERNEL_NAMES}
         return self._modules[dtype][name]
 
     def _launch(self, dtype, name, total, args):
@@ -105,13 +107,21 @@ class CupyBackend(Backend):
             x, cols, *_ints(n, c, h, w, kh, kw, out_h, out_w, stride, padding)))
         return cols
 
-    def conv2d_forward(self, x, weight, bias, stride, padding):
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
         x, weight = cp.ascontiguousarray(x), cp.ascontiguousarray(weight)
-        n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
-        y = cp.empty((n, out_c, out_h, out_w), dtype=x.dtype)
         # The kernels skip the bias when has_bias is 0; any valid pointer fills its slot.
         bias_arg = weight if bias is None else cp.ascontiguousarray(bias)
         has_bias = np.int32(bias is not None)
+        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        if plain_padding is None:
+            sizes = _general_conv_sizes(x.shape, weight.shape, stride, padding, dilation, groups)
+            out_hw = conv2d_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+            y = cp.empty((x.shape[0], weight.shape[0]) + out_hw, dtype=x.dtype)
+            self._launch(x.dtype, "conv2d_forward_general", y.size, (x, weight, bias_arg, y, *sizes, has_bias))
+            return y
+        stride, padding = stride[0], plain_padding
+        n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
+        y = cp.empty((n, out_c, out_h, out_w), dtype=x.dtype)
         if self._is_direct(n, c, out_c, kh, kw, out_h, out_w):
             self._launch(x.dtype, "conv2d_forward_direct", y.size, (
                 x, weight, bias_arg, y,
@@ -123,11 +133,32 @@ class CupyBackend(Backend):
                 rows, bias_arg, y, *_ints(n, out_c, out_h * out_w), has_bias))
         return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
-        grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, stride, padding, need_input_grad)
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
+                        need_input_grad=True):
+        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        if plain_padding is None:
+            return self._conv2d_general_backward(x, weight, grad_y, stride, padding, dilation, groups, grad_weight,
+                                                 grad_bias, need_input_grad)
+        grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, stride[0], plain_padding,
+                                                              need_input_grad)
         grad_weight += weight_sum
         if grad_bias is not None:
             grad_bias += bias_sum
+        return grad_x
+
+    def _conv2d_general_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
+                                 need_input_grad):
+        """Gather kernels, one thread per weight, bias or input element; the parameter gradients
+        are added in place, so ``grad_weight`` / ``grad_bias`` must be contiguous (``.grad`` is)."""
+        x, weight, grad_y = (cp.ascontiguousarray(a) for a in (x, weight, grad_y))
+        sizes = _general_conv_sizes(x.shape, weight.shape, stride, padding, dilation, groups)
+        has_bias = grad_bias is not None
+        self._launch(x.dtype, "conv2d_grad_params_general", weight.size + has_bias * weight.shape[0], (
+            x, grad_y, grad_weight, grad_weight if grad_bias is None else grad_bias, *sizes, np.int32(has_bias)))
+        if not need_input_grad:
+            return None
+        grad_x = cp.empty_like(x)
+        self._launch(x.dtype, "conv2d_grad_input_general", grad_x.size, (grad_y, weight, grad_x, *sizes))
         return grad_x
 
     def _conv2d_gradients(self, x, weight, grad_y, stride, padding, need_input_grad):
@@ -160,25 +191,33 @@ class CupyBackend(Backend):
 
     # ---- max-pool --------------------------------------------------------------
 
-    def max_pool2d_forward(self, x, kernel, stride):
-        """Return (y, indices); ties go to the first element in scan order, as in torch."""
+    def max_pool2d_forward(self, x, kernel, stride, padding, dilation, ceil_mode):
         x = cp.ascontiguousarray(x)
         n, c, h, w = x.shape
-        out_h, out_w = conv_output_size(h, kernel, stride), conv_output_size(w, kernel, stride)
+        out_h, out_w = max_pool2d_output_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
         y = cp.empty((n, c, out_h, out_w), dtype=x.dtype)
         indices = cp.empty(y.shape, dtype=cp.int64)
-        self._launch(x.dtype, "max_pool2d_forward", y.size, (
-            x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel, stride)))
+        if _is_plain_pool(kernel, stride, padding, dilation) and not ceil_mode:
+            self._launch(x.dtype, "max_pool2d_forward", y.size, (
+                x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel[0], stride[0])))
+        else:
+            self._launch(x.dtype, "max_pool2d_forward_general", y.size, (
+                x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, *kernel, *stride, *padding, *dilation)))
         return y, indices
 
-    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):
         """Each input pixel gathers from the windows (of this geometry) that contain it."""
         grad_y, indices = cp.ascontiguousarray(grad_y), cp.ascontiguousarray(indices)
         n, c, h, w = x_shape
         _, _, out_h, out_w = grad_y.shape
         grad_x = cp.empty(x_shape, dtype=grad_y.dtype)
-        self._launch(grad_y.dtype, "max_pool2d_backward", grad_x.size, (
-            grad_y, indices, grad_x, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel, stride)))
+        if _is_plain_pool(kernel, stride, padding, dilation):
+            self._launch(grad_y.dtype, "max_pool2d_backward", grad_x.size, (
+                grad_y, indices, grad_x, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel[0], stride[0])))
+        else:
+            self._launch(grad_y.dtype, "max_pool2d_backward_general", grad_x.size, (
+                grad_y, indices, grad_x, np.int64(n * c),
+                *_ints(h, w, out_h, out_w, *kernel, *stride, *padding, *dilation)))
         return grad_x
 
     # ---- element-wise and dense ----------------------------------------------------
@@ -230,23 +269,37 @@ class CupyBackend(Backend):
 
     # ---- loss --------------------------------------------------------------------
 
-    def cross_entropy_forward(self, logits, labels):
-        """Mean softmax cross-entropy. Return (loss as a 0-d GPU array, probabilities); no synchronization."""
+    def cross_entropy_forward(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        """One thread per row, then one block reduces; no synchronization with the host."""
         logits = cp.ascontiguousarray(logits)
-        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
-        n, classes = logits.shape
-        probs = cp.empty_like(logits)
-        row_loss = cp.empty(n, dtype=logits.dtype)
-        loss = cp.empty((), dtype=logits.dtype)
-        self._kernel(logits.dtype, "cross_entropy_forward")((1,), (cuda_sources.LOSS_THREADS,), (
-            logits, labels, probs, row_loss, loss, *_ints(n, classes)))
-        return loss, probs
+        rows, classes = logits.shape
+        dtype = logits.dtype
+        probabilities = target.ndim == 2
+        # Unused slots get any valid pointer: has_target says which of labels and target is read.
+        labels = logits if probabilities else cp.ascontiguousarray(target, dtype=cp.int64)
+        target = cp.ascontiguousarray(target) if probabilities else logits
+        class_weight = cp.ones(classes, dtype) if weight is None else cp.ascontiguousarray(weight, dtype=dtype)
+        probs, coefficients = cp.empty_like(logits), cp.empty_like(logits)
+        row_loss, row_denominator = cp.empty(rows, dtype), cp.empty(rows, dtype)
+        self._launch(dtype, "cross_entropy_rows", rows, (
+            logits, labels, target, class_weight, probs, coefficients, row_loss, row_denominator,
+            *_ints(rows, classes), np.int64(ignore_index), dtype.type(label_smoothing), np.int32(probabilities)))
+        if reduction == "none":
+            return row_loss, (probs, coefficients, None)
+        loss, divisor = cp.empty((), dtype), cp.empty((), dtype)
+        self._kernel(dtype, "cross_entropy_reduce")((1,), (cuda_sources.REDUCE_THREADS,), (
+            row_loss, row_denominator, loss, divisor, np.int32(rows), np.int32(reduction == "mean")))
+        return loss, (probs, coefficients, divisor)
 
-    def cross_entropy_backward(self, probs, labels):
-        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
-        n, classes = probs.shape
+    def cross_entropy_backward(self, saved, grad_loss=None):
+        probs, coefficients, divisor = saved
+        rows, classes = probs.shape
+        scale = cp.ones(rows, probs.dtype) if divisor is None else cp.broadcast_to(1 / divisor, (rows,))
+        if grad_loss is not None:
+            scale = scale * cp.reshape(grad_loss, (-1,))
         grad = cp.empty_like(probs)
-        self._launch(probs.dtype, "cross_entropy_backward", grad.size, (probs, labels, grad, *_ints(n, classes)))
+        self._launch(probs.dtype, "cross_entropy_rows_backward", grad.size, (
+            probs, coefficients, cp.ascontiguousarray(scale), grad, *_ints(rows, classes)))
         return grad
 
     # ---- optimizer -----------------------------------------------------------------
@@ -270,6 +323,27 @@ class CupyBackend(Backend):
 
         step = FusedStep(model, criterion, optimizer)
         return CapturedStep(step, batch_size, label_pool=label_pool) if capture else step
+
+
+def _plain_padding(stride, padding, dilation, groups):
+    """The padding (an int) when this convolution takes the tutorial's kernels: a square stride,
+    the same padding on every side, no dilation, one group; else None."""
+    (top, bottom), (left, right) = padding
+    plain = stride[0] == stride[1] and top == bottom == left == right and dilation == (1, 1) and groups == 1
+    return top if plain else None
+
+
+def _is_plain_pool(kernel, stride, padding, dilation):
+    return kernel[0] == kernel[1] and stride[0] == stride[1] and padding == (0, 0) and dilation == (1, 1)
+
+
+def _general_conv_sizes(x_shape, weight_shape, stride, padding, dilation, groups):
+    """The general kernels' size arguments; the padding as its top and left offsets (the output
+    size carries the rest)."""
+    n, c, h, w = x_shape
+    out_c, _, kh, kw = weight_shape
+    out_h, out_w = conv2d_output_hw((h, w), (kh, kw), stride, padding, dilation)
+    return _ints(n, c, h, w, out_c, kh, kw, out_h, out_w, *stride, padding[0][0], padding[1][0], *dilation, groups)
 
 
 def _ints(*values):

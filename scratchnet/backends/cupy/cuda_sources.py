@@ -16,8 +16,6 @@ import numpy as np
 
 # Threads per block of the block-reduction kernels; the kernels' shared arrays use it.
 REDUCE_THREADS = 128
-# Threads per block of the single-block cross-entropy kernel.
-LOSS_THREADS = 128
 
 _BODY = r"""
 #define REDUCE_THREADS __REDUCE_THREADS__
@@ -289,7 +287,7 @@ extern "C" __global__ void relu_backward(
     const real* __restrict__ grad_y, const real* __restrict__ y, real* __restrict__ grad_x, long long total)
 {
     FOR_EACH_INDEX(i, total) {
-        grad_x[i] = y[i] > (real)0 ? grad_y[i] : (real)0;
+        grad_x[i] = y[i] <= (real)0 ? (real)0 : grad_y[i];  // NaN passes its gradient, as in torch
     }
 }
 
@@ -332,43 +330,6 @@ extern "C" __global__ void reduce_sum(
     if (threadIdx.x == 0) out[blockIdx.x] = total;
 }
 
-// ---- loss ---------------------------------------------------------------------------
-
-// One block: each thread takes whole rows; thread 0 then adds the row losses in row order.
-extern "C" __global__ void cross_entropy_forward(
-    const real* __restrict__ logits, const long long* __restrict__ labels, real* __restrict__ probs,
-    real* __restrict__ row_loss, real* __restrict__ loss, int n, int classes)
-{
-    for (int r = threadIdx.x; r < n; r += blockDim.x) {
-        const real* z = logits + (long long)r * classes;
-        real top = z[0];
-        for (int j = 1; j < classes; ++j) top = z[j] > top ? z[j] : top;
-        real total = 0;
-        for (int j = 0; j < classes; ++j) total += exp(z[j] - top);
-        const real log_total = log(total);
-        for (int j = 0; j < classes; ++j) probs[(long long)r * classes + j] = exp((z[j] - top) - log_total);
-        row_loss[r] = -((z[labels[r]] - top) - log_total);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        real sum = 0;
-        for (int r = 0; r < n; ++r) sum += row_loss[r];
-        loss[0] = sum / (real)n;
-    }
-}
-
-extern "C" __global__ void cross_entropy_backward(
-    const real* __restrict__ probs, const long long* __restrict__ labels, real* __restrict__ grad,
-    int n, int classes)
-{
-    const long long total = (long long)n * classes;
-    FOR_EACH_INDEX(i, total) {
-        const int r = (int)(i / classes);
-        const real hit = labels[r] == i % classes ? (real)1 : (real)0;
-        grad[i] = (probs[i] - hit) / (real)n;
-    }
-}
-
 // ---- optimizer ----------------------------------------------------------------------
 
 // torch.optim.SGD in place. buf may be grad itself when there is no momentum (then unused).
@@ -397,7 +358,7 @@ KERNEL_NAMES = (
     "im2col", "rows_to_nchw", "nchw_to_rows", "col2im",
     "max_pool2d_forward", "max_pool2d_backward",
     "relu_forward", "relu_backward", "matmul_direct", "add_bias_rows", "reduce_sum",
-    "cross_entropy_forward", "cross_entropy_backward", "sgd_step",
+    "sgd_step",
 )
 
 

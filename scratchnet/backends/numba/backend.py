@@ -1,16 +1,18 @@
 """The fast CPU backend: the ``Backend`` interface on numpy arrays, every op an ``@njit(cache=True)`` kernel.
 
 The kernels live by op family beside this file: ``layout`` (shifted planes) and
-``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``.
-Stride-1 convolutions (the tutorial's) run on shifted planes, and conv -> ReLU ->
-max-pool as one fused pass over the convolution's rows; ``compile_step`` finds such
+``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``
+(cross-entropy with torch's options, SGD), ``general`` (convolution and max-pool of any
+other geometry). Stride-1 convolutions with the same padding on every side, no dilation
+and one group (the tutorial's) run on shifted planes, and conv -> ReLU -> max-pool as
+one fused pass over the convolution's rows; ``compile_step`` finds such
 runs in any ``Sequential`` and trains through them.
 """
 
 import numpy as np
 
-from scratchnet.backends.base import conv_output_size
-from scratchnet.backends.numba import conv, dense, layout, loss_sgd, pooling
+from scratchnet.backends.base import conv2d_output_hw, conv_output_size, max_pool2d_output_hw
+from scratchnet.backends.numba import conv, dense, general, layout, loss_sgd, pooling
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.backends.numpy_backend import NumpyBackend
 
@@ -39,45 +41,45 @@ class NumbaBackend(NumpyBackend):
         return views
 
     # ---- conv2d ----------------------------------------------------------------
+    # The plain geometry (``_plain_padding``: the tutorial's) runs on shifted planes; any
+    # other runs the general kernels.
 
-    def conv2d_forward(self, x, weight, bias, stride, padding):
-        bias = _bias_or_zeros(bias, weight)
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
         x = np.ascontiguousarray(x)
-        parallel = threaded(x.shape[0])
-        if stride == 1:
-            rows, _, geometry = _shifted_forward(x, weight, bias, padding, parallel)
-            y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
-            layout.from_rows.run(parallel, rows, y)
+        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        if plain_padding is None:
+            y = np.empty((x.shape[0], weight.shape[0]) + conv2d_output_hw(x.shape[2:], weight.shape[2:], stride,
+                                                                        padding, dilation), dtype=x.dtype)
+            general.conv2d_forward(x, np.ascontiguousarray(weight), _bias_or_empty(bias, weight),
+                                   *_general_conv_geometry(stride, padding, dilation, groups), y)
             return y
-        n, _, h, w = x.shape
-        out_c, _, kh, kw = weight.shape
-        y = np.empty((n, out_c, conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)),
-                     dtype=x.dtype)
-        conv.conv2d_forward.run(parallel, x, weight, bias, stride, padding, y)
+        parallel = threaded(x.shape[0])
+        rows, _, geometry = _shifted_forward(x, weight, _bias_or_zeros(bias, weight), plain_padding, parallel)
+        y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
+        layout.from_rows.run(parallel, rows, y)
         return y
 
-    def conv2d_backward(self, x, weight, grad_y, stride, padding, grad_weight, grad_bias, need_input_grad=True):
+    def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
+                        need_input_grad=True):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
+        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        if plain_padding is None:
+            weight = np.ascontiguousarray(weight)
+            conv_geometry = _general_conv_geometry(stride, padding, dilation, groups)
+            general.conv2d_add_param_grads(x, grad_y, *conv_geometry, grad_weight, _bias_or_empty(grad_bias, weight))
+            if not need_input_grad:
+                return None
+            grad_x = np.empty_like(x)
+            general.conv2d_grad_input(weight, grad_y, *conv_geometry, grad_x)
+            return grad_x
         parallel = threaded(x.shape[0])
-        if stride == 1:
-            geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
-            grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
-            layout.grad_rows_from_conv(grad_y, grad_rows)
-            planes = _shifted_planes(x, geometry, parallel)
-            return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel,
-                                     grad_weight, grad_bias)
-        weight_sum = np.empty_like(weight)
-        bias_sum = np.empty(weight.shape[0], dtype=weight.dtype)
-        conv.conv2d_grad_weight.run(parallel, x, grad_y, stride, padding, weight_sum, bias_sum)
-        grad_weight += weight_sum
-        if grad_bias is not None:
-            grad_bias += bias_sum
-        if not need_input_grad:
-            return None
-        grad_x = np.empty_like(x)
-        conv.conv2d_grad_input.run(parallel, weight, grad_y, stride, padding, grad_x)
-        return grad_x
+        geometry = layout.ShiftedGeometry(x.shape, weight.shape, plain_padding)
+        grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
+        layout.grad_rows_from_conv(grad_y, grad_rows)
+        planes = _shifted_planes(x, geometry, parallel)
+        return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel, grad_weight,
+                                 grad_bias)
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
         if stride != 1:
@@ -110,29 +112,35 @@ class NumbaBackend(NumpyBackend):
 
     # ---- max-pool --------------------------------------------------------------
 
-    def max_pool2d_forward(self, x, kernel, stride):
+    def max_pool2d_forward(self, x, kernel, stride, padding, dilation, ceil_mode):
         n, c, h, w = x.shape
-        shape = (n, c, conv_output_size(h, kernel, stride), conv_output_size(w, kernel, stride))
+        shape = (n, c) + max_pool2d_output_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
-        pooling.max_pool2d_forward.run(threaded(n), np.ascontiguousarray(x), kernel, stride, y, indices)
+        x = np.ascontiguousarray(x)
+        # Without padding or dilation every window lies on the input (ceil mode's last one may not).
+        if kernel[0] == kernel[1] and stride[0] == stride[1] and padding == (0, 0) and dilation == (1, 1) \
+                and not ceil_mode:
+            pooling.max_pool2d_forward.run(threaded(n), x, kernel[0], stride[0], y, indices)
+        else:
+            general.max_pool2d_forward(x, *kernel, *stride, *padding, *dilation, y, indices)
         return y, indices
 
-    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride):
+    def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):
         grad_x = np.empty(x_shape, dtype=grad_y.dtype)
-        pooling.max_pool2d_backward(np.ascontiguousarray(grad_y), indices, grad_x)
+        pooling.max_pool2d_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(indices), grad_x)
         return grad_x
 
     # ---- element-wise and dense ----------------------------------------------------
 
     def relu_forward(self, x):
-        y = np.empty_like(x)
+        y = np.empty(x.shape, dtype=x.dtype)  # C-ordered, whatever x's layout, so that the kernel's ravel is a view
         dense.relu_forward(np.ascontiguousarray(x), y)
         return y
 
     def relu_backward(self, grad_y, y):
-        grad_x = np.empty_like(y)
-        dense.relu_backward(np.ascontiguousarray(grad_y), y, grad_x)
+        grad_x = np.empty(y.shape, dtype=grad_y.dtype)
+        dense.relu_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(y), grad_x)
         return grad_x
 
     def linear_forward(self, x, weight, bias):
@@ -149,14 +157,32 @@ class NumbaBackend(NumpyBackend):
 
     # ---- loss and optimizer ------------------------------------------------------------
 
-    def cross_entropy_forward(self, logits, labels):
-        probs = np.empty_like(logits)
-        loss = loss_sgd.cross_entropy_forward(np.ascontiguousarray(logits), np.asarray(labels, dtype=np.int64), probs)
-        return np.asarray(loss, dtype=logits.dtype), probs
+    def cross_entropy_forward(self, logits, target, weight, ignore_index, reduction, label_smoothing):
+        logits = np.ascontiguousarray(logits)
+        rows, classes = logits.shape
+        dtype = logits.dtype
+        probabilities = target.ndim == 2
+        labels = np.empty(0, np.int64) if probabilities else np.ascontiguousarray(target, dtype=np.int64)
+        target = np.ascontiguousarray(target) if probabilities else np.empty((0, classes), dtype)
+        class_weight = np.ones(classes, dtype) if weight is None else np.ascontiguousarray(weight, dtype=dtype)
+        probs, coefficients, row_loss = np.empty_like(logits), np.empty_like(logits), np.empty(rows, dtype)
+        total, denominator = loss_sgd.cross_entropy_forward(logits, labels, target, class_weight, ignore_index,
+                                                            dtype.type(label_smoothing), probs, coefficients, row_loss)
+        if reduction == "none":
+            return row_loss, (probs, coefficients, None)
+        divisor = dtype.type(denominator if reduction == "mean" else 1)
+        with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
+            return np.asarray(dtype.type(total) / divisor), (probs, coefficients, divisor)
 
-    def cross_entropy_backward(self, probs, labels):
+    def cross_entropy_backward(self, saved, grad_loss=None):
+        probs, coefficients, divisor = saved
+        rows = probs.shape[0]
+        with np.errstate(divide="ignore"):  # every target ignored: an infinite scale, on rows whose gradient is 0
+            scale = np.full(rows, 1, probs.dtype) if divisor is None else np.full(rows, 1 / divisor, probs.dtype)
+        if grad_loss is not None:
+            scale *= np.broadcast_to(np.reshape(grad_loss, -1), rows)
         grad = np.empty_like(probs)
-        loss_sgd.cross_entropy_backward(probs, np.asarray(labels, dtype=np.int64), grad)
+        loss_sgd.cross_entropy_backward(probs, coefficients, np.ascontiguousarray(scale), grad)
         return grad
 
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -179,6 +205,25 @@ class NumbaBackend(NumpyBackend):
 
 def _bias_or_zeros(bias, weight):
     return np.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+
+
+def _bias_or_empty(bias, weight):
+    """The general kernels take an empty array for no bias (or no bias gradient)."""
+    return np.empty(0, dtype=weight.dtype) if bias is None else bias
+
+
+def _plain_padding(stride, padding, dilation, groups):
+    """The padding (an int) when the shifted-plane kernels take this convolution: stride 1, the
+    same padding on every side, no dilation, one group; else None."""
+    (top, bottom), (left, right) = padding
+    plain = stride == (1, 1) and top == bottom == left == right and dilation == (1, 1) and groups == 1
+    return top if plain else None
+
+
+def _general_conv_geometry(stride, padding, dilation, groups):
+    """The general kernels' geometry arguments: the padding as its top and left offsets (the
+    output's shape carries the rest)."""
+    return (*stride, padding[0][0], padding[1][0], *dilation, groups)
 
 
 def _shifted_planes(x, geometry, parallel):

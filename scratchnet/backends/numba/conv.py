@@ -1,5 +1,5 @@
-"""Convolution kernels: stride-1 convolutions on shifted planes (the tutorial's path), and
-direct loops for any stride.
+"""Convolution kernels: stride-1 convolutions on shifted planes (the tutorial's path; any
+other geometry runs the kernels of ``general``).
 
 Inner loops update rows with five taps per pass (one store per five multiply-adds;
 the forward updates three outputs' rows per pass, which share the input loads) or
@@ -13,6 +13,7 @@ from numba import njit, prange
 
 from scratchnet.backends.numba.jit import Twin, add, fill, kernel
 from scratchnet.backends.numba.layout import CHUNK
+
 
 @njit(cache=True, inline="always")
 def tap(t, kw):
@@ -211,80 +212,3 @@ def add_row_sums(rows, out):
         for p in range(row.size):
             acc += row[p]
         out[o] += acc
-
-
-# ---- any-stride convolution (direct loops; not on the tutorial's path) -----------------
-
-
-@njit(cache=True, inline="always")
-def valid_range(out_size, in_size, tap, stride, padding):
-    """Output positions o with 0 <= o*stride + tap - padding < in_size, as [lo, hi)."""
-    lo = max(0, -((tap - padding) // stride))  # ceil((padding - tap) / stride)
-    hi = min(out_size, (in_size - 1 + padding - tap) // stride + 1)
-    return lo, max(lo, hi)
-
-
-@Twin
-def conv2d_forward(x, weight, bias, stride, padding, y):
-    n, c, h, w = x.shape
-    out_c, _, kh, kw = weight.shape
-    _, _, out_h, out_w = y.shape
-    for plane in prange(n * out_c):
-        b, o = plane // out_c, plane % out_c
-        y[b, o] = bias[o]
-        for ci in range(c):
-            for i in range(kh):
-                oh_lo, oh_hi = valid_range(out_h, h, i, stride, padding)
-                for j in range(kw):
-                    ow_lo, ow_hi = valid_range(out_w, w, j, stride, padding)
-                    tap = weight[o, ci, i, j]
-                    for oh in range(oh_lo, oh_hi):
-                        ih = oh * stride + i - padding
-                        for ow in range(ow_lo, ow_hi):
-                            y[b, o, oh, ow] += tap * x[b, ci, ih, ow * stride + j - padding]
-
-
-@Twin
-def conv2d_grad_weight(x, grad_y, stride, padding, grad_weight, grad_bias):
-    n, c, h, w = x.shape
-    out_c, _, kh, kw = grad_weight.shape
-    _, _, out_h, out_w = grad_y.shape
-    for o in prange(out_c):
-        total = grad_y.dtype.type(0)
-        for b in range(n):
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    total += grad_y[b, o, oh, ow]
-        grad_bias[o] = total
-        for ci in range(c):
-            for i in range(kh):
-                oh_lo, oh_hi = valid_range(out_h, h, i, stride, padding)
-                for j in range(kw):
-                    ow_lo, ow_hi = valid_range(out_w, w, j, stride, padding)
-                    acc = grad_y.dtype.type(0)
-                    for b in range(n):
-                        for oh in range(oh_lo, oh_hi):
-                            ih = oh * stride + i - padding
-                            for ow in range(ow_lo, ow_hi):
-                                acc += grad_y[b, o, oh, ow] * x[b, ci, ih, ow * stride + j - padding]
-                    grad_weight[o, ci, i, j] = acc
-
-
-@Twin
-def conv2d_grad_input(weight, grad_y, stride, padding, grad_x):
-    n, c, h, w = grad_x.shape
-    out_c, _, kh, kw = weight.shape
-    _, _, out_h, out_w = grad_y.shape
-    for plane in prange(n * c):
-        b, ci = plane // c, plane % c
-        grad_x[b, ci] = 0
-        for o in range(out_c):
-            for i in range(kh):
-                oh_lo, oh_hi = valid_range(out_h, h, i, stride, padding)
-                for j in range(kw):
-                    ow_lo, ow_hi = valid_range(out_w, w, j, stride, padding)
-                    tap = weight[o, ci, i, j]
-                    for oh in range(oh_lo, oh_hi):
-                        ih = oh * stride + i - padding
-                        for ow in range(ow_lo, ow_hi):
-                            grad_x[b, ci, ih, ow * stride + j - padding] += tap * grad_y[b, o, oh, ow]

@@ -5,18 +5,21 @@ from numba import prange
 
 from scratchnet.backends.numba.jit import Twin, kernel
 
+
 @kernel()
 def relu_forward(x, y):
+    """C-ordered ``x`` and ``y`` (ravel must be a view of ``y``). ``<= 0`` is false for NaN, which stays NaN."""
     flat_x, flat_y = x.ravel(), y.ravel()
     for k in range(flat_x.size):
-        flat_y[k] = flat_x[k] if flat_x[k] > 0 else 0
+        flat_y[k] = 0 if flat_x[k] <= 0 else flat_x[k]
 
 
 @kernel()
 def relu_backward(grad_y, y, grad_x):
+    """The gradient passes wherever ``y`` is not <= 0, NaN included, as in torch."""
     flat_g, flat_y, flat_out = grad_y.ravel(), y.ravel(), grad_x.ravel()
     for k in range(flat_g.size):
-        flat_out[k] = flat_g[k] if flat_y[k] > 0 else 0
+        flat_out[k] = 0 if flat_y[k] <= 0 else flat_g[k]
 
 
 @Twin
@@ -44,7 +47,7 @@ def linear_forward(x, weight, bias, relu, y):
             o += 1
         for o in range(out_f):
             v = y[b, o] + bias[o]
-            y[b, o] = v if v > 0 or not relu else 0
+            y[b, o] = 0 if relu and v <= 0 else v  # NaN stays NaN, as torch's ReLU
 
 
 @Twin

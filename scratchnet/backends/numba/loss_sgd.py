@@ -1,33 +1,62 @@
-"""Softmax cross-entropy and the SGD update."""
+"""Softmax cross-entropy with torch's options, and the SGD update."""
 
 import numpy as np
 from numba import njit
 
+
 @njit(cache=True)
-def cross_entropy_forward(logits, labels, probs):
-    n, classes = logits.shape
-    loss = 0.0
-    for b in range(n):
-        peak = logits[b, 0]
+def cross_entropy_forward(logits, labels, target, class_weight, ignore_index, smoothing, probs, coefficients,
+                          row_loss):
+    """Softmax into ``probs``, each row's loss coefficients (as ``NumpyBackend.cross_entropy_forward``) and loss.
+
+    Class-probability ``target`` rows when it has any, else the class indices ``labels``.
+    Return (sum of the row losses, torch's mean denominator).
+    """
+    rows, classes = logits.shape
+    spread = smoothing / classes
+    total, denominator = 0.0, 0.0
+    for r in range(rows):
+        peak = logits[r, 0]
         for k in range(1, classes):
-            peak = max(peak, logits[b, k])
-        total = logits.dtype.type(0)
+            if logits[r, k] > peak or logits[r, k] != logits[r, k]:  # NaN propagates, as in torch
+                peak = logits[r, k]
+        exp_sum = logits.dtype.type(0)
         for k in range(classes):
-            total += np.exp(logits[b, k] - peak)
-        log_sum_exp = np.log(total)
+            exp_sum += np.exp(logits[r, k] - peak)
+        log_sum_exp = np.log(exp_sum)
+        if target.shape[0]:
+            for k in range(classes):
+                coefficients[r, k] = (target[r, k] * (1 - smoothing) + spread) * class_weight[k]
+            denominator += 1
+        else:
+            label = labels[r]
+            for k in range(classes):
+                coefficients[r, k] = spread * class_weight[k] if label != ignore_index else 0
+            if label != ignore_index:
+                coefficients[r, label] += (1 - smoothing) * class_weight[label]
+                denominator += class_weight[label]
+        loss = logits.dtype.type(0)
         for k in range(classes):
-            probs[b, k] = np.exp(logits[b, k] - peak - log_sum_exp)
-        loss -= logits[b, labels[b]] - peak - log_sum_exp
-    return loss / n
+            log_prob = logits[r, k] - peak - log_sum_exp
+            probs[r, k] = np.exp(log_prob)
+            if coefficients[r, k] != 0:  # 0 * -inf counts 0, as in torch
+                loss -= coefficients[r, k] * log_prob
+        row_loss[r] = loss
+        total += loss
+    return total, denominator
 
 
 @njit(cache=True)
-def cross_entropy_backward(probs, labels, grad):
-    n, classes = probs.shape
-    for b in range(n):
+def cross_entropy_backward(probs, coefficients, scale, grad):
+    """grad = (probs * sum(coefficients) - coefficients) * scale[row]; 0 on a row without weight
+    (ignored), even where the scale is infinite because every row is ignored, as in torch."""
+    rows, classes = probs.shape
+    for r in range(rows):
+        weight_sum = probs.dtype.type(0)
         for k in range(classes):
-            grad[b, k] = probs[b, k] / n
-        grad[b, labels[b]] = (probs[b, labels[b]] - 1) / n
+            weight_sum += coefficients[r, k]
+        for k in range(classes):
+            grad[r, k] = (probs[r, k] * weight_sum - coefficients[r, k]) * scale[r] if weight_sum != 0 else 0
 
 
 @njit(cache=True)

@@ -4,6 +4,7 @@ from numba import njit, prange
 
 from scratchnet.backends.numba.jit import Twin, fill, kernel
 
+
 @Twin
 def relu_max_pool_rows(rows, out_w, pool_kernel, pool_stride, y, indices):
     """ReLU then max-pool, read straight from ``rows``; ``indices`` are positions in the group's rows.
@@ -91,7 +92,7 @@ def max_pool2d_forward(x, kernel, stride, y, indices):
                 for i in range(kernel):
                     for j in range(kernel):
                         v = x[b, ci, oh * stride + i, ow * stride + j]
-                        if v > best:  # strict: the first maximum wins, as in torch
+                        if v > best or v != v:  # strict: the first maximum wins, the last NaN, as in torch
                             best, best_h, best_w = v, oh * stride + i, ow * stride + j
                 y[b, ci, oh, ow] = best
                 indices[b, ci, oh, ow] = best_h * w + best_w

@@ -1,0 +1,112 @@
+"""The whole training state of a run, on disk: what ``python -m scratchnet.train --resume RUN_DIR`` continues from.
+
+``checkpoint.npz`` beside the weights holds plain arrays only (read with
+``allow_pickle=False`` through ``checkpoint.load``, which checks every header before
+allocating): the parameters (``param/<name>``), SGD's momentum buffers
+(``momentum/<index>``), the losses of the epoch in progress, and one JSON record
+(``record``: epoch, step, loss curve, per-epoch losses, the shuffle generator's state
+at the start of the epoch, and the run's flags, seed and versions). Restoring all of
+it makes the rest of the run bit-identical to one that was never interrupted.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+
+from scratchnet import checkpoint
+
+STATE_FILE = "checkpoint.npz"
+FORMAT = 1
+_RECORD = "record"
+
+
+class ResumeError(ValueError):
+    """A run that cannot be resumed as asked; the message names the file or flag."""
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Where training stands: ``step`` steps of ``epoch`` done (``epoch`` is 1-based; past the last when finished).
+
+    ``epoch_step_losses`` are those steps' losses (host float64); ``order_state`` is the
+    shuffle generator's state before ``epoch``'s order was drawn.
+    """
+
+    epoch: int = 1
+    step: int = 0
+    loss_curve: list = dataclasses.field(default_factory=list)
+    epoch_losses: list = dataclasses.field(default_factory=list)
+    epoch_step_losses: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
+    order_state: dict = None
+
+
+def save(path, net, optimizer, state, run):
+    """Write ``state``, ``net``'s parameters, ``optimizer``'s buffers and the ``run`` record to ``path`` atomically."""
+    arrays = {f"param/{name}": value for name, value in net.state_dict().items()}
+    buffers = optimizer.state_dict()["momentum_buffers"]
+    arrays.update({f"momentum/{index}": buf for index, buf in enumerate(buffers or [])})
+    arrays["epoch_step_losses"] = np.asarray(state.epoch_step_losses, dtype=np.float64)
+    record = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "loss_curve": state.loss_curve,
+              "epoch_losses": state.epoch_losses, "order_state": state.order_state, "run": run}
+    text = json.dumps(record, allow_nan=False)  # what reaches a checkpoint is finite: fit stops at a NaN first
+    arrays[_RECORD] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    checkpoint.save_npz(path, arrays)
+
+
+def read(path):
+    """The saved (record, arrays) of ``path``; ResumeError if it is not a training state this version wrote."""
+    try:
+        arrays = checkpoint.load(path)
+    except checkpoint.CheckpointError as exc:
+        raise ResumeError(f"cannot resume: {exc}") from None
+    try:
+        blob = arrays.pop(_RECORD)
+        record = json.loads(blob.astype(np.uint8).tobytes().decode("utf-8"))
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError(f"format {record.get('format') if isinstance(record, dict) else record!r}")
+        for key in ("epoch", "step"):
+            if type(record[key]) is not int or record[key] < 0:
+                raise ValueError(f"{key} {record[key]!r}")
+        if not isinstance(record["run"], dict) or not isinstance(record["run"].get("args"), dict):
+            raise ValueError("no run flags")
+        points = record["loss_curve"]
+        if not all(isinstance(point, dict) and all(type(point.get(key)) is int for key in ("epoch", "step"))
+                   and isinstance(point.get("loss"), float) for point in points):
+            raise ValueError("a damaged loss curve")
+        if not all(isinstance(loss, float) for loss in record["epoch_losses"]):
+            raise ValueError("damaged epoch losses")
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ResumeError(f"cannot resume: {path} is not a scratchnet training state ({exc})") from None
+    return record, arrays
+
+
+def restore(path, record, arrays, net, optimizer, loader):
+    """Put the saved parameters, buffers and shuffle state into ``net``, ``optimizer`` and ``loader``.
+
+    Returns the TrainingState to hand ``fit``. Every array must be a finite float of
+    the shape the run's network has.
+    """
+    names = [name for name, _ in net.named_parameters()]
+    try:
+        net.load_state_dict({name: _finite(path, f"param/{name}", arrays) for name in names})
+        buffers = [arrays[f"momentum/{index}"] for index in range(len(names))] if "momentum/0" in arrays else None
+        optimizer.load_state_dict({"momentum_buffers": buffers})
+        losses = _finite(path, "epoch_step_losses", arrays)
+        if losses.shape != (record["step"],):
+            raise ValueError(f"{losses.size} losses saved for step {record['step']}")
+        if record["epoch"] < 1 or record["step"] > len(loader):
+            raise ValueError(f"epoch {record['epoch']}, step {record['step']} of {len(loader)} steps per epoch")
+        loader.order_state = record["order_state"]
+        return TrainingState(record["epoch"], record["step"], record["loss_curve"], record["epoch_losses"],
+                             losses, record["order_state"])
+    except (KeyError, ValueError, TypeError) as exc:
+        message = exc.args[0] if exc.args else exc
+        raise ResumeError(f"cannot resume from {path}: it does not fit this run ({message})") from None
+
+
+def _finite(path, name, arrays):
+    value = arrays[name]
+    if value.dtype.kind != "f" or not np.isfinite(value).all():
+        raise ResumeError(f"cannot resume from {path}: {name} is not a finite float array")
+    return value
