@@ -124,10 +124,13 @@ def _worker(args):
 
 
 def fit_latency_bandwidth(allreduce):
-    """Least-squares ``time = latency + bytes / bandwidth`` over the measured 2-rank allreduces (ring: 2 steps)."""
+    """Least-squares ``time = 2 latency + bytes / bandwidth`` over the measured 2-rank allreduces.
+
+    Weighted by relative error, so the small buffers (which fix the latency) count as much as the large.
+    """
     sizes = np.array([row["bytes"] for row in allreduce], dtype=np.float64)
     times = np.array([row["scratchnet_s"] for row in allreduce])
-    slope, intercept = np.polyfit(sizes, times, 1)
+    slope, intercept = np.polyfit(sizes, times, 1, w=1 / times)
     # For 2 ranks a ring allreduce is 2 latencies and 2*(1/2) = 1 buffer over the link.
     return max(intercept / 2, 0.0), 1.0 / slope
 
