@@ -247,32 +247,45 @@ def _safe_member(member):
 class DataLoader:
     """Mini-batches ``(x, y)`` of a dataset on a backend, reshuffled every epoch.
 
-    The whole split moves to the backend once (``backend.asarray``), and batches
-    are gathered there with the backend's array module, so a GPU backend keeps
-    the data on the device. The shuffle order comes from a host numpy Generator
-    seeded with ``seed``: every backend sees the same batches in the same order.
-    The last partial batch is kept, as torch's DataLoader does by default.
+    The whole split moves to the backend once (``backend.asarray``, cast to ``dtype``
+    if given), and batches are gathered there with the backend's array module, so a
+    GPU backend keeps the data on the device. The shuffle order comes from a host
+    numpy Generator seeded with ``seed``: every backend sees the same batches in the
+    same order. The last partial batch is kept, as torch's DataLoader does by default.
 
     The order is a documented contract, so another framework can replay it: with
     ``shuffle``, epoch k visits ``np.random.default_rng(seed).permutation(n)`` drawn
     for the k-th time from that one Generator; without it, the dataset order.
+
+    Data-parallel: with ``workers`` > 1 the order is cut into global batches of
+    ``workers * batch_size`` and worker ``rank`` (0-based) yields its slice of each,
+    so every worker, given the same seed, walks the same global permutation. The last
+    global batch is split equally: its last ``len % workers`` images are skipped, and
+    it is dropped if it holds fewer images than workers.
     """
 
-    def __init__(self, dataset, batch_size, shuffle=False, seed=None, backend=None):
+    def __init__(self, dataset, batch_size, shuffle=False, seed=None, backend=None, dtype=None, rank=0, workers=1):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if len(dataset) == 0:
             raise ValueError("DataLoader: the dataset is empty")
+        if not 0 <= rank < workers:
+            raise ValueError(f"DataLoader: rank must lie in [0, workers), got rank {rank} of {workers} workers")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.rank, self.workers = rank, workers
         self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
         self._rng = np.random.default_rng(seed)
-        self._data = self.backend.asarray(dataset.data)
+        self._data = self.backend.asarray(dataset.data, dtype=dtype)
         self._targets = self.backend.asarray(dataset.targets)
 
     @property
     def targets(self):
         """Every label of the dataset, on the loader's backend: what its batches' labels are drawn from."""
         return self._targets
+
+    @property
+    def global_batch_size(self):
+        return self.workers * self.batch_size
 
     @property
     def order_state(self):
@@ -284,19 +297,23 @@ class DataLoader:
         self._rng.bit_generator.state = state
 
     def __len__(self):
-        return -(-len(self.dataset) // self.batch_size)
+        full, rest = divmod(len(self.dataset), self.global_batch_size)
+        return full + (rest >= self.workers)
 
     def __iter__(self):
         return self.batches()
 
     def batches(self, skip=0):
         """One epoch's batches after the first ``skip`` (whose order is drawn all the same): a resumed epoch."""
-        n, size = len(self.dataset), self.batch_size
-        if not self.shuffle:
-            for start in range(skip * size, n, size):
-                yield self._data[start:start + size], self._targets[start:start + size]
-            return
-        order = self.backend.asarray(self._rng.permutation(n))
+        n, size = len(self.dataset), self.global_batch_size
+        order = self.backend.asarray(self._rng.permutation(n)) if self.shuffle else None
         for start in range(skip * size, n, size):
-            index = order[start:start + size]
-            yield self._data[index], self._targets[index]
+            share = min(size, n - start) // self.workers
+            if share == 0:
+                return
+            first = start + self.rank * share
+            if order is None:
+                yield self._data[first:first + share], self._targets[first:first + share]
+            else:
+                index = order[first:first + share]
+                yield self._data[index], self._targets[index]

@@ -27,9 +27,9 @@ def predict(net, loader):
     return loader.backend.to_numpy(predictions)
 
 
-def evaluate(net, testset, batch_size, backend):
-    """Predict the whole test set; return (predictions, accuracy summary)."""
-    loader = DataLoader(testset, batch_size, shuffle=False, backend=backend)
+def evaluate(net, testset, batch_size, backend, dtype=None):
+    """Predict the whole test set (cast to ``dtype`` if given); return (predictions, accuracy summary)."""
+    loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)
     predictions = predict(net, loader)
     return predictions, report.accuracy_summary(testset.targets, predictions, testset.classes)
 

@@ -24,15 +24,25 @@ def loss_line(epoch, step, loss):
 
 def accuracy_summary(labels, predictions, classes):
     """Overall and per-class accuracy (percent) and the confusion matrix (rows: true class)."""
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    return summary_of_confusion(confusion_matrix(labels, predictions, classes), classes)
+
+
+def confusion_matrix(labels, predictions, classes):
+    """Counts of (true class, predicted class) as an int64 (classes, classes) array."""
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
+    np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
+    return confusion
+
+
+def summary_of_confusion(confusion, classes):
+    """``accuracy_summary``'s record from the confusion counts alone (so counts summed over workers will do)."""
     per_class_total = confusion.sum(axis=1)
     correct = int(np.trace(confusion))
+    total = int(confusion.sum())
     return {
         "correct": correct,
-        "total": int(len(labels)),
-        "accuracy": 100.0 * correct / len(labels),
+        "total": total,
+        "accuracy": 100.0 * correct / total,
         "per_class_accuracy": {
             name: (100.0 * confusion[i, i] / per_class_total[i] if per_class_total[i] else None)
             for i, name in enumerate(classes)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchnet import backends, checkpoint, cli, nn, plots, report, resume, runs
+from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.evaluate import evaluate, parameter_shapes
 from scratchnet.models import Net
@@ -32,7 +32,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True,
-        state=None):
+        state=None, average_losses=None):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
@@ -50,7 +50,11 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     Each step is the backend's compiled form of the model's training step
     (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
     a GPU), whose results equal the eager step's.
+
+    Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
+    the host losses are averaged over the workers before they are checked and reported.
     """
+    average = average_losses or np.asarray
     xp = loader.backend.xp
     state = state if state is not None else resume.TrainingState()
     take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
@@ -69,7 +73,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
             _, losses[index] = take_step(images, labels)
             step = index + 1
             if step % log_every == 0:
-                window = _finite_window(loader.backend, losses, checked, step, epoch)
+                window = _finite_window(loader.backend, losses, checked, step, epoch, average)
                 _check_weights(net, epoch, step)
                 checked = step
                 loss_curve.append({"epoch": epoch, "step": step, "global_step": (epoch - 1) * steps + step,
@@ -78,9 +82,9 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                 if on_log is not None:
                     state.step, state.epoch_step_losses = step, loader.backend.to_numpy(losses[:step])
                     on_log(state)
-        _finite_window(loader.backend, losses, checked, steps, epoch)
+        _finite_window(loader.backend, losses, checked, steps, epoch, average)
         _check_weights(net, epoch, steps)
-        epoch_loss = loader.backend.to_numpy(losses)
+        epoch_loss = average(loader.backend.to_numpy(losses))
         epoch_losses.append(float(epoch_loss.mean()))
         step_losses.append(epoch_loss)
     # Finished: the next epoch would be past the last, with the shuffle state it would start from.
@@ -88,9 +92,9 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     return loss_curve, epoch_losses, np.stack(step_losses) if step_losses else np.empty((0, steps))
 
 
-def _finite_window(backend, losses, start, stop, epoch):
-    """The host copy of ``losses[start:stop]``; TrainingDiverged at the first non-finite one."""
-    window = backend.to_numpy(losses[start:stop])
+def _finite_window(backend, losses, start, stop, epoch, average):
+    """The host copy of ``losses[start:stop]``, ``average``d; TrainingDiverged at the first non-finite one."""
+    window = average(backend.to_numpy(losses[start:stop]))
     bad = np.flatnonzero(~np.isfinite(window))
     if bad.size:
         step = start + int(bad[0]) + 1
@@ -105,7 +109,7 @@ def _check_weights(net, epoch, step):
 
 
 # The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
-RUN_FLAGS = ("backend", "width", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum", "seed",
+RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum", "seed",
              "limit_train", "limit_test", "log_every")
 
 
@@ -113,18 +117,42 @@ def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--width", type=cli.positive_int, default=1, help="multiply the conv channels (default 1)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="float type of the whole run: data, weights, gradients (default float32)")
     parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                         help="GPU: run every step eagerly instead of replaying a captured CUDA graph")
     parser.add_argument("--resume", metavar="RUN_DIR", type=cli.folder_name,
                         help="continue the run in RUN_DIR from its last checkpoint, with its flags")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks of an MPI launcher (mpiexec -n N ...), "
+                             "over NCCL with --backend cupy; --batch-size is then per worker")
+    parser.add_argument("--timeout", type=cli.non_negative_float, default=distributed.DEFAULT_TIMEOUT_S,
+                        metavar="SECONDS", help="--distributed: the longest a rank waits for the others in any "
+                                                "collective, 0 for no bound (default %(default)g)")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    with cli.one_line_errors(parser.prog, DataError, backends.BackendError, TrainingDiverged, OSError,
-                             runs.RunFolderError, resume.ResumeError):
-        if args.resume is not None:
-            args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
-        _check_memory(parser, args.width)
-        run(args)
+    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError)
+    if not args.distributed:
+        if distributed.launcher_size() > 1:
+            if distributed.launcher_rank() != 0:
+                sys.exit(2)  # rank 0, started with the same command, says why: one line, not one per rank
+            parser.error(f"started as one of {distributed.launcher_size()} MPI ranks: pass --distributed "
+                         f"(or start one process)")
+        with cli.one_line_errors(parser.prog, *expected):
+            if args.resume is not None:
+                args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
+                if args.distributed:
+                    parser.error(f"{args.resume} holds a data-parallel run, which --resume cannot continue")
+            _check_memory(parser, args.width)
+            run(args, distributed.SingleProcess())
+        return
+    if args.resume is not None:
+        parser.error("--resume continues single-process runs only; a data-parallel run starts afresh")
+    _check_memory(parser, args.width)
+    with cli.one_line_errors(parser.prog, distributed.DistributedError):
+        comm = distributed.init(args.backend, args.timeout or None)
+    with distributed.reporting_faults(comm, parser.prog, *expected):
+        run(args, comm)
 
 
 def _flags_of_resumed_run(args, given):
@@ -140,7 +168,7 @@ def _flags_of_resumed_run(args, given):
             flag = "--no-cuda-graph" if dest == "cuda_graph" else "--" + dest.replace("_", "-")
             raise resume.ResumeError(f"{flag} {getattr(args, dest)} conflicts with the resumed run's "
                                      f"{saved.get(dest)!r}; a resumed run keeps its flags (drop {flag})")
-        setattr(args, dest, saved.get(dest))
+        setattr(args, dest, saved.get(dest, getattr(args, dest)))  # a flag older records lack keeps its default
     args.out = args.resume
     return args
 
@@ -154,35 +182,49 @@ def _check_memory(parser, width):
                      f"parameters, gradients and momentum; this machine has {available / 2**30:.1f} GiB")
 
 
-def run(args):
+def run(args, comm):
+    """One training run; with ``--distributed``, this rank's part of it (``comm`` is the job's communicator)."""
     started = time.perf_counter()
     backend = backends.get(args.backend)
-    seed = cli.resolve_seed(args.seed)
+    distributed.check_same_flags(comm, vars(args))
+    seed = comm.allgather_json(cli.resolve_seed(args.seed))[0]  # rank 0's: a fresh seed is drawn once
+    distributed.quiet_unless_rank_0(comm)
+    if comm.rank != 0:  # rank 0 alone writes the run folder
+        _train_and_test(args, backend, seed, None, started, comm)
+        return
     # Room for the weights and the training state, each beside its previous version while it is replaced.
     params = sum(math.prod(shape) for shape in parameter_shapes(args.width).values())
     with runs.open_run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}", resume=args.resume is not None,
-                              overwrite=args.overwrite, room_bytes=2 * 3 * 4 * params) as folder:
+                              overwrite=args.overwrite, room_bytes=2 * 3 * np.dtype(args.dtype).itemsize * params) as folder:
         if args.overwrite:
             print(f"note: --overwrite: replacing the run in {folder.path}", file=sys.stderr)
-        _train_and_test(args, backend, seed, folder, started)
+        _train_and_test(args, backend, seed, folder, started, comm)
 
 
-def _train_and_test(args, backend, seed, folder, started):
+def _train_and_test(args, backend, seed, folder, started, comm):
+    """Train and test; ``folder`` is the run folder, None on the ranks that do not write it."""
     saved = resume.read(folder.file(resume.STATE_FILE)) if args.resume is not None else None
-    trainset = CIFAR10(args.data, train=True, download=args.download, limit=args.limit_train)
+    trainset = CIFAR10(args.data, train=True, download=args.download and folder is not None, limit=args.limit_train)
     testset = CIFAR10(args.data, train=False, limit=args.limit_test)
-    weights = folder.file(WEIGHTS_FILE)
+    weights = folder.file(WEIGHTS_FILE) if folder is not None else None
     data_time = time.perf_counter() - started
 
     # Independent streams for the initial weights and the shuffle order, both from the one seed.
     init_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
-    net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name)
+    dtype = np.dtype(args.dtype)
+    net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
-    trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend)
+    if args.distributed:
+        distributed.broadcast_parameters(net.parameters(), comm)
+        optimizer = distributed.DataParallelOptimizer(optimizer, comm)
+        print(f"Data-parallel: {comm.size} workers x batch {args.batch_size} = global batch "
+              f"{comm.size * args.batch_size} (over {comm.transport.upper()})")
+    trainloader = DataLoader(trainset, args.batch_size, shuffle=True, seed=order_seed, backend=backend, dtype=dtype,
+                             rank=comm.rank, workers=comm.size)
 
     run_record = {"args": {**{dest: getattr(args, dest) for dest in RUN_FLAGS}, "seed": seed},
-                  "versions": report.versions("scratchnet", "numpy", "numba", "cupy"), "train_time_s": 0.0,
+                  "versions": report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"), "train_time_s": 0.0,
                   "resumed_from": []}
     state = resume.TrainingState()
     if saved is not None:
@@ -207,7 +249,8 @@ def _train_and_test(args, backend, seed, folder, started):
 
     def metrics_of(summary, diverged=None):
         return report.run_metrics(
-            framework="scratchnet", backend=backend.name, seed=seed, config=cli.config(args, width=args.width),
+            framework="scratchnet", backend=backend.name, seed=seed,
+            config=cli.config(args, width=args.width, dtype=args.dtype),
             data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=state.loss_curve,
             epoch_losses=state.epoch_losses, diverged=diverged, resumed_from=run_record["resumed_from"],
             wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
@@ -216,31 +259,51 @@ def _train_and_test(args, backend, seed, folder, started):
         )
 
     test_time = None
+    train_started = time.perf_counter()
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
-            fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every, on_log=save_checkpoint,
-                progress=sys.stderr.isatty(), capture=args.cuda_graph, state=state)
+            fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
+                on_log=save_checkpoint if folder is not None else None, progress=sys.stderr.isatty(),
+                # A captured graph cannot hold the allreduce's bounded wait: data-parallel steps run eagerly.
+                capture=args.cuda_graph and not args.distributed, state=state,
+                average_losses=distributed.loss_averager(comm) if args.distributed else None)
     except TrainingDiverged as exc:
         kept = (f"the last good weights (epoch {last_saved[0]}, step {last_saved[1]}) are in {weights}"
                 if last_saved else "no weights were saved (it diverged before the first log point)")
-        metrics = metrics_of(report.UNTESTED, {"epoch": exc.epoch, "step": exc.step, "message": str(exc)})
-        report.write_metrics(folder.path, metrics)
-        plots.save_training_plots(folder.path, metrics)
+        if folder is not None:
+            metrics = metrics_of(report.UNTESTED, {"epoch": exc.epoch, "step": exc.step, "message": str(exc)})
+            report.write_metrics(folder.path, metrics)
+            plots.save_training_plots(folder.path, metrics)
         raise TrainingDiverged(f"training stopped: {exc}; {kept}", exc.epoch, exc.step) from None
     except KeyboardInterrupt:
         where = (f"the last checkpoint (epoch {last_saved[0]}, step {last_saved[1]}) is in {folder.path}; continue "
                  f"with: python -m scratchnet.train --resume {folder.path}" if last_saved else "nothing was saved yet")
         raise KeyboardInterrupt(where) from None
     print("Finished Training")
-    save_checkpoint(state)
+    train_time = time.perf_counter() - train_started
+    if folder is not None:
+        save_checkpoint(state)
 
     test_started = time.perf_counter()
-    predictions, summary = evaluate(net, testset, args.batch_size, backend)
+    if args.distributed:
+        predictions, summary = distributed.evaluate(net, testset, args.batch_size, backend, comm, dtype,
+                                                    shown=plots.GRID_IMAGES)
+    else:
+        predictions, summary = evaluate(net, testset, args.batch_size, backend, dtype)
     test_time = time.perf_counter() - test_started
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
     metrics = metrics_of(summary)
+    if args.distributed:
+        metrics["distributed"] = {
+            "world_size": comm.size, "transport": comm.transport, "batch_size_per_worker": args.batch_size,
+            "global_batch_size": trainloader.global_batch_size,
+            "per_rank": distributed.rank_timings(comm, train_s=train_time, allreduce_s=optimizer.allreduce_s,
+                                                 test_s=test_time),
+        }
+    if folder is None:
+        return
     report.write_metrics(folder.path, metrics)
     plots.save_all(folder.path, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
                    testset.classes)
