@@ -5,6 +5,7 @@ A module remembers what its backward needs from the last forward call; calling
 parameter gradients to ``param.grad``, as torch's autograd accumulates them.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -454,17 +455,22 @@ class CrossEntropyLoss(Module):
         """
         self.backend = _backend_of(logits, self.backend)
         self.backend.check_array(logits, self)
-        self.backend.check_array(target, f"{self!r} target")
+        self.backend.check_array(target, self._target_name)
         args = self._args
         probabilities = args.check(logits, target)
         logit_rows, target_rows = args.rows(logits, target, probabilities)
         if check_label_values and not probabilities:
-            check_class_indices(target_rows, logit_rows.shape[1], repr(self), args.ignore_index)
+            check_class_indices(target_rows, logit_rows.shape[1], self, args.ignore_index)
         loss, self._saved_loss = self.backend.cross_entropy_forward(
             logit_rows, target_rows, self._weight_for(logits), args.ignore_index, args.reduction,
             args.label_smoothing)
         self._logits_shape = tuple(logits.shape)
         return args.unrows(loss, self._logits_shape) if args.reduction == "none" else loss
+
+    @functools.cached_property
+    def _target_name(self):
+        """Its targets' name in messages, formatted once (a loss's repr does not change)."""
+        return f"{self!r} target"
 
     def _weight_for(self, logits):
         if self.weight is None:

@@ -114,10 +114,13 @@ class ConvReLUPoolStage:
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
         self.geometry = conv.plain_geometry() + pool.plain_geometry()  # stride, padding, pool kernel, pool stride
+        self._checked = None
 
     def forward(self, x):
         conv, pool = self.conv, self.pool
-        pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
+        if _input_signature(x, conv) != self._checked:  # the checks depend on nothing else: once per signature
+            pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
+            self._checked = _input_signature(x, conv)
         self._x, self._unbatched = functional.batched(x, 3)
         y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(self._x, conv.weight.data, _data(conv.bias),
                                                                      *self.geometry)
@@ -138,10 +141,14 @@ class LinearReLUStage:
 
     def __init__(self, linear):
         self.linear = linear
+        self._checked = None
 
     def forward(self, x):
         linear = self.linear
-        shape = linear.output_shape(x)
+        if _input_signature(x, linear) != self._checked:
+            self._shape = linear.output_shape(x)
+            self._checked = _input_signature(x, linear)
+        shape = self._shape
         self._x_shape, self._x = x.shape, linear.rows(x)
         self._y = linear.backend.linear_relu_forward(self._x, linear.weight.data, _data(linear.bias))
         return self._y.reshape(shape)
@@ -152,6 +159,11 @@ class LinearReLUStage:
                                                      grad.reshape(self._y.shape), linear.weight.grad,
                                                      _grad(linear.bias), need_input_grad)
         return None if grad_x is None else grad_x.reshape(self._x_shape)
+
+
+def _input_signature(x, layer):
+    """What a layer's input checks depend on: the input's array type, shape and dtype, and the layer's dtype."""
+    return type(x), x.shape, x.dtype, type(layer.weight.data), layer.weight.data.dtype
 
 
 def _data(param):

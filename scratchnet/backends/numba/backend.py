@@ -9,6 +9,9 @@ one fused pass over the convolution's rows; ``compile_step`` finds such
 runs in any ``Sequential`` and trains through them.
 """
 
+import collections
+import functools
+
 import numpy as np
 
 from scratchnet.backends.base import conv2d_output_hw, conv_output_size, max_pool2d_output_hw
@@ -162,23 +165,40 @@ class NumbaBackend(NumpyBackend):
         rows, classes = logits.shape
         dtype = logits.dtype
         probabilities = target.ndim == 2
+        if (not probabilities and weight is None and ignore_index < 0 and reduction == "mean"
+                and label_smoothing == 0 and rows):  # the tutorial's loss: its own kernel (labels lie in 0..C-1)
+            labels, probs = np.ascontiguousarray(target, dtype=np.int64), np.empty_like(logits)
+            loss = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
+            return np.asarray(loss, dtype=dtype), _MeanLoss(probs, labels)
         labels = np.empty(0, np.int64) if probabilities else np.ascontiguousarray(target, dtype=np.int64)
         target = np.ascontiguousarray(target) if probabilities else np.empty((0, classes), dtype)
-        class_weight = np.ones(classes, dtype) if weight is None else np.ascontiguousarray(weight, dtype=dtype)
+        class_weight = _ones(classes, dtype) if weight is None else np.ascontiguousarray(weight, dtype=dtype)
         probs, coefficients, row_loss = np.empty_like(logits), np.empty_like(logits), np.empty(rows, dtype)
         total, denominator = loss_sgd.cross_entropy_forward(logits, labels, target, class_weight, ignore_index,
                                                             dtype.type(label_smoothing), probs, coefficients, row_loss)
         if reduction == "none":
             return row_loss, (probs, coefficients, None)
         divisor = dtype.type(denominator if reduction == "mean" else 1)
-        with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
-            return np.asarray(dtype.type(total) / divisor), (probs, coefficients, divisor)
+        if divisor == 0:
+            with np.errstate(divide="ignore", invalid="ignore"):  # every target ignored: 0 / 0 = NaN, as torch
+                return np.asarray(dtype.type(total) / divisor), (probs, coefficients, divisor)
+        return np.asarray(dtype.type(total) / divisor), (probs, coefficients, divisor)
 
     def cross_entropy_backward(self, saved, grad_loss=None):
+        if isinstance(saved, _MeanLoss):
+            scale = 1 / saved.probs.shape[0] * (1 if grad_loss is None else float(np.reshape(grad_loss, -1)[0]))
+            grad = np.empty_like(saved.probs)
+            loss_sgd.mean_cross_entropy_backward(saved.probs, saved.labels, saved.probs.dtype.type(scale), grad)
+            return grad
         probs, coefficients, divisor = saved
         rows = probs.shape[0]
-        with np.errstate(divide="ignore"):  # every target ignored: an infinite scale, on rows whose gradient is 0
-            scale = np.full(rows, 1, probs.dtype) if divisor is None else np.full(rows, 1 / divisor, probs.dtype)
+        if divisor is None:
+            scale = np.ones(rows, probs.dtype)
+        elif divisor == 0:
+            with np.errstate(divide="ignore"):  # every target ignored: an infinite scale, on rows whose gradient is 0
+                scale = np.full(rows, 1 / divisor, probs.dtype)
+        else:
+            scale = np.full(rows, 1 / divisor, probs.dtype)
         if grad_loss is not None:
             scale *= np.broadcast_to(np.reshape(grad_loss, -1), rows)
         grad = np.empty_like(probs)
@@ -201,6 +221,18 @@ class NumbaBackend(NumpyBackend):
         from scratchnet.step import FusedStep  # the step drives nn modules, which import the backends
 
         return FusedStep(model, criterion, optimizer)
+
+
+# What the tutorial's loss keeps for its backward.
+_MeanLoss = collections.namedtuple("_MeanLoss", "probs labels")
+
+
+@functools.lru_cache(maxsize=16)
+def _ones(size, dtype):
+    """A read-only array of ones, made once per size and dtype (the class weights of an unweighted loss)."""
+    ones = np.ones(size, dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def _bias_or_zeros(bias, weight):
