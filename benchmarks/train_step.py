@@ -223,11 +223,17 @@ def matmul_peak(threads):
     return float(out.stdout.split()[-1])
 
 
+# One compiled training step, as ``scratchnet_step`` builds it, without this module's torch and JAX imports.
 _FIRST_STEP = """
 import time
 start = time.perf_counter()
-from benchmarks.train_step import scratchnet_step
-scratchnet_step(4, "numba")()
+import numpy as np
+from scratchnet import backends, nn, optim
+from scratchnet.models import Net
+net, criterion = Net(seed=0).to("numba"), nn.CrossEntropyLoss().to("numba")
+optimizer = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
+step = backends.get("numba").compile_step(net, criterion, optimizer, 4)
+step(np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, np.int64))
 print(time.perf_counter() - start)
 """
 
