@@ -4,6 +4,21 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, inline="always")
+def _row_log_sum_exp(logits, r):
+    """(peak, log(sum(exp(logits[r] - peak)))) with ``peak`` the row's maximum: log-sum-exp without overflow.
+    NaN propagates, as in torch."""
+    classes = logits.shape[1]
+    peak = logits[r, 0]
+    for k in range(1, classes):
+        if logits[r, k] > peak or logits[r, k] != logits[r, k]:
+            peak = logits[r, k]
+    exp_sum = logits.dtype.type(0)
+    for k in range(classes):
+        exp_sum += np.exp(logits[r, k] - peak)
+    return peak, np.log(exp_sum)
+
+
 @njit(cache=True)
 def cross_entropy_forward(logits, labels, target, class_weight, ignore_index, smoothing, probs, coefficients,
                           row_loss):
@@ -16,14 +31,7 @@ def cross_entropy_forward(logits, labels, target, class_weight, ignore_index, sm
     spread = smoothing / classes
     total, denominator = 0.0, 0.0
     for r in range(rows):
-        peak = logits[r, 0]
-        for k in range(1, classes):
-            if logits[r, k] > peak or logits[r, k] != logits[r, k]:  # NaN propagates, as in torch
-                peak = logits[r, k]
-        exp_sum = logits.dtype.type(0)
-        for k in range(classes):
-            exp_sum += np.exp(logits[r, k] - peak)
-        log_sum_exp = np.log(exp_sum)
+        peak, log_sum_exp = _row_log_sum_exp(logits, r)
         if target.shape[0]:
             for k in range(classes):
                 coefficients[r, k] = (target[r, k] * (1 - smoothing) + spread) * class_weight[k]
@@ -68,14 +76,7 @@ def mean_cross_entropy_forward(logits, labels, probs):
     rows, classes = logits.shape
     total = 0.0
     for r in range(rows):
-        peak = logits[r, 0]
-        for k in range(1, classes):
-            if logits[r, k] > peak or logits[r, k] != logits[r, k]:  # NaN propagates, as in torch
-                peak = logits[r, k]
-        exp_sum = logits.dtype.type(0)
-        for k in range(classes):
-            exp_sum += np.exp(logits[r, k] - peak)
-        log_sum_exp = np.log(exp_sum)
+        peak, log_sum_exp = _row_log_sum_exp(logits, r)
         for k in range(classes):
             probs[r, k] = np.exp(logits[r, k] - peak - log_sum_exp)
         total -= logits[r, labels[r]] - peak - log_sum_exp
