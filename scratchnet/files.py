@@ -39,8 +39,13 @@ def atomic_open(path, mode="wb"):
 
 
 def _naming(error, path):
-    """``error`` as an OSError that names ``path`` (the file being written), when it names no file itself."""
-    return error if error.filename is not None else OSError(error.errno, error.strerror, path)
+    """``error`` as an OSError that names ``path`` (the file being written), when it names no file itself.
+
+    Errors without an errno (a network error from the code writing the file, say) are not
+    the file's and pass unchanged, with their own message."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return OSError(error.errno, error.strerror, path)
 
 
 def write_json(path, data):
