@@ -52,11 +52,11 @@ def test_general_conv2d_kernels_match_torch(dtype, feature, index, error_report)
 
     geometry = (*args.stride, args.padding[0][0], args.padding[1][0], *args.dilation, args.groups)
     y = np.empty(tuple(y_t.shape), dtype=dtype)
-    numba_general.conv2d_forward(x, weight, bias, *geometry, y)
+    numba_general.conv2d_forward.parallel(x, weight, bias, *geometry, y)
     grad_weight, grad_bias = np.zeros_like(weight), np.zeros_like(bias)
-    numba_general.conv2d_add_param_grads(x, grad_y, *geometry, grad_weight, grad_bias)
+    numba_general.conv2d_add_param_grads.parallel(x, grad_y, *geometry, grad_weight, grad_bias)
     grad_x = np.empty_like(x)
-    numba_general.conv2d_grad_input(weight, grad_y, *geometry, grad_x)
+    numba_general.conv2d_grad_input.parallel(weight, grad_y, *geometry, grad_x)
     pairs = [("forward", y, y_t.detach().numpy()), ("grad input", grad_x, tensors[0].grad.numpy()),
              ("grad weight", grad_weight, tensors[1].grad.numpy())]
     if case["bias"]:
@@ -78,7 +78,7 @@ def test_general_max_pool2d_kernels_match_torch(dtype, feature, index, error_rep
     y_t.backward(torch.tensor(grad_y))
 
     y, indices = np.empty(tuple(y_t.shape), dtype=dtype), np.empty(tuple(y_t.shape), dtype=np.int64)
-    numba_general.max_pool2d_forward(x, *args.kernel, *args.stride, *args.padding, *args.dilation, y, indices)
+    numba_general.max_pool2d_forward.parallel(x, *args.kernel, *args.stride, *args.padding, *args.dilation, y, indices)
     grad_x = np.empty_like(x)
     pooling.max_pool2d_backward(grad_y, indices, grad_x)
     np.testing.assert_array_equal(indices, indices_t.numpy(), err_msg=str(case))

@@ -49,14 +49,14 @@ class NumbaBackend(NumpyBackend):
 
     def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
         x = np.ascontiguousarray(x)
+        parallel = threaded(x.shape[0])
         plain_padding = _plain_padding(stride, padding, dilation, groups)
         if plain_padding is None:
-            y = np.empty((x.shape[0], weight.shape[0]) + conv2d_output_hw(x.shape[2:], weight.shape[2:], stride,
-                                                                        padding, dilation), dtype=x.dtype)
-            general.conv2d_forward(x, np.ascontiguousarray(weight), _bias_or_empty(bias, weight),
-                                   *_general_conv_geometry(stride, padding, dilation, groups), y)
+            out_hw = conv2d_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+            y = np.empty((x.shape[0], weight.shape[0]) + out_hw, dtype=x.dtype)
+            general.conv2d_forward.run(parallel, x, np.ascontiguousarray(weight), _bias_or_empty(bias, weight),
+                                       *_general_conv_geometry(stride, padding, dilation, groups), y)
             return y
-        parallel = threaded(x.shape[0])
         rows, _, geometry = _shifted_forward(x, weight, _bias_or_zeros(bias, weight), plain_padding, parallel)
         y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
         layout.from_rows.run(parallel, rows, y)
@@ -66,17 +66,18 @@ class NumbaBackend(NumpyBackend):
                         need_input_grad=True):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
+        parallel = threaded(x.shape[0])
         plain_padding = _plain_padding(stride, padding, dilation, groups)
         if plain_padding is None:
             weight = np.ascontiguousarray(weight)
             conv_geometry = _general_conv_geometry(stride, padding, dilation, groups)
-            general.conv2d_add_param_grads(x, grad_y, *conv_geometry, grad_weight, _bias_or_empty(grad_bias, weight))
+            general.conv2d_add_param_grads.run(parallel, x, grad_y, *conv_geometry, grad_weight,
+                                               _bias_or_empty(grad_bias, weight))
             if not need_input_grad:
                 return None
             grad_x = np.empty_like(x)
-            general.conv2d_grad_input(weight, grad_y, *conv_geometry, grad_x)
+            general.conv2d_grad_input.run(parallel, weight, grad_y, *conv_geometry, grad_x)
             return grad_x
-        parallel = threaded(x.shape[0])
         geometry = layout.ShiftedGeometry(x.shape, weight.shape, plain_padding)
         grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
         layout.grad_rows_from_conv(grad_y, grad_rows)
@@ -126,7 +127,7 @@ class NumbaBackend(NumpyBackend):
                 and not ceil_mode:
             pooling.max_pool2d_forward.run(threaded(n), x, kernel[0], stride[0], y, indices)
         else:
-            general.max_pool2d_forward(x, *kernel, *stride, *padding, *dilation, y, indices)
+            general.max_pool2d_forward.run(threaded(n), x, *kernel, *stride, *padding, *dilation, y, indices)
         return y, indices
 
     def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):

@@ -4,11 +4,14 @@ The tutorial's configuration keeps the shifted-plane and fused kernels of ``conv
 ``pooling``; every other configuration runs here (the max-pool backward is ``pooling``'s,
 which takes any geometry). Each parallel loop owns whole output planes (forward, input
 gradient) or whole output channels (weight gradient), so no two iterations write one
-element and results never depend on the thread count.
+element and results never depend on the thread count; small batches run the serial twins,
+as every numba kernel does (``jit.Twin``).
 """
 
 import numpy as np
 from numba import njit, prange
+
+from scratchnet.backends.numba.jit import Twin
 
 
 @njit(cache=True, inline="always")
@@ -19,7 +22,7 @@ def _valid_range(out_size, in_size, offset, stride):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, y):
     """y[b, o] = bias[o] + sum over o's group's channels and taps; ``bias`` is empty for no bias."""
     n, c, h, w = x.shape
@@ -42,7 +45,7 @@ def conv2d_forward(x, weight, bias, stride_h, stride_w, pad_top, pad_left, dilat
                             y[b, o, oh, ow] += tap * x[b, first_c + ci, ih, ow * stride_w + j * dilation_w - pad_left]
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def conv2d_add_param_grads(x, grad_y, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
                            grad_weight, grad_bias):
     """Add the weight gradient, and the bias gradient unless ``grad_bias`` is empty."""
@@ -74,7 +77,7 @@ def conv2d_add_param_grads(x, grad_y, stride_h, stride_w, pad_top, pad_left, dil
                     grad_weight[o, ci, i, j] += acc
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def conv2d_grad_input(weight, grad_y, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, groups,
                       grad_x):
     n, c, h, w = grad_x.shape
@@ -98,9 +101,10 @@ def conv2d_grad_input(weight, grad_y, stride_h, stride_w, pad_top, pad_left, dil
                             grad_x[b, ci, ih, iw] += tap * grad_y[b, o, oh, ow]
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def max_pool2d_forward(x, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w, y, indices):
-    """torch's scan: a strictly greater value or any NaN takes over; a window starts on its first tap inside the input."""
+    """torch's scan: a strictly greater value or any NaN takes over; a window starts on its first tap
+    inside the input."""
     n, c, h, w = x.shape
     _, _, out_h, out_w = y.shape
     for plane in prange(n * c):
