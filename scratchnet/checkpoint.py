@@ -96,7 +96,8 @@ def _rebuild_tensor(what):
         ints = (offset,) + size + stride
         valid = isinstance(storage, np.ndarray) and len(size) == len(stride)
         # A stride of 0 (or < 0) along a dimension longer than 1 repeats elements: a tiny file could
-        # declare a tensor of any size. Refused before anything is allocated, as are overlapping views larger than their storage.
+        # declare a tensor of any size. Refused before anything is allocated, as are overlapping views larger
+        # than their storage.
         if not valid or not all(isinstance(v, int) and v >= 0 for v in ints) \
                 or any(s == 0 for n, s in zip(size, stride) if n > 1):
             raise CheckpointError(f"{what}: a tensor has an invalid layout (size {size}, stride {stride})")

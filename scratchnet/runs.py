@@ -93,7 +93,8 @@ def open_run_folder(out, default_name, resume=False, overwrite=False, room_bytes
 
 
 def _new_default_folder(name):
-    """``runs/<name>-<timestamp>``, with ``-2``, ``-3``... when that exists: mkdir is atomic, so two runs never share."""
+    """``runs/<name>-<timestamp>``, with ``-2``, ``-3``... when that exists: mkdir is atomic, so two runs
+    never share."""
     base = os.path.join(RUNS_ROOT, f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     _make_folder(RUNS_ROOT)
     for attempt in range(1, 1000):

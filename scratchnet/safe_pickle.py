@@ -25,7 +25,6 @@ except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct
 
 
-
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asked for something outside the allow-list; nothing was run."""
 

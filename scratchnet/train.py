@@ -109,8 +109,8 @@ def _check_weights(net, epoch, step):
 
 
 # The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
-RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum", "seed",
-             "limit_train", "limit_test", "log_every")
+RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum",
+             "seed", "limit_train", "limit_test", "log_every")
 
 
 def main(argv=None):
@@ -194,8 +194,9 @@ def run(args, comm):
         return
     # Room for the weights and the training state, each beside its previous version while it is replaced.
     params = sum(math.prod(shape) for shape in parameter_shapes(args.width).values())
+    room = 2 * 3 * np.dtype(args.dtype).itemsize * params
     with runs.open_run_folder(args.out, f"scratchnet-{backend.name}-seed{seed}", resume=args.resume is not None,
-                              overwrite=args.overwrite, room_bytes=2 * 3 * np.dtype(args.dtype).itemsize * params) as folder:
+                              overwrite=args.overwrite, room_bytes=room) as folder:
         if args.overwrite:
             print(f"note: --overwrite: replacing the run in {folder.path}", file=sys.stderr)
         _train_and_test(args, backend, seed, folder, started, comm)
