@@ -2,9 +2,13 @@
 
 ``CIFAR10`` reads ``root/cifar-10-batches-py`` (extracting ``root/cifar-10-python.tar.gz``
 first, or downloading it with ``download=True``) through the allow-list unpickler and
-holds a whole split as one array. ``DataLoader`` cuts it into mini-batches on any backend.
+holds a whole split as one array of pixels. ``DataLoader`` cuts it into mini-batches on
+any backend, normalizing each batch as it is drawn (as torchvision's transforms do per
+image): normalizing a whole split up front takes longer than training on it for a while.
 """
 
+import concurrent.futures
+import functools
 import hashlib
 import os
 import shutil
@@ -49,19 +53,24 @@ class DataError(RuntimeError):
 
 
 class CIFAR10:
-    """One CIFAR-10 split as ``data`` (N, 3, 32, 32) float32 in [-1, 1] and ``targets`` (N,) int64.
+    """One CIFAR-10 split: ``pixels`` (N, 3, 32, 32) uint8, ``data`` the same normalized to float32
+    in [-1, 1], and ``targets`` (N,) int64.
 
     Normalization is the tutorial's ToTensor (pixel / 255) then Normalize(0.5, 0.5),
-    computed in float32 as torchvision does. ``limit`` keeps the first ``limit``
-    images (reading only the batch files they live in).
+    computed in float32 as torchvision does; ``data`` is made on first use, and a
+    ``DataLoader`` normalizes only the batches it draws. ``limit`` keeps the first
+    ``limit`` images (reading only the batch files they live in).
     """
 
     classes = CLASSES
 
     def __init__(self, root, train=True, download=False, limit=None):
         self.root, self.train = os.fspath(root), train
-        images, self.targets = read_split(self.root, train, download, limit)
-        self.data = normalize(images)
+        self.pixels, self.targets = read_split(self.root, train, download, limit)
+
+    @functools.cached_property
+    def data(self):
+        return normalize(self.pixels)
 
     def __len__(self):
         return len(self.targets)
@@ -70,13 +79,23 @@ class CIFAR10:
         return f"CIFAR10(root={self.root!r}, train={self.train}, images={len(self)})"
 
 
-def normalize(images):
-    """uint8 pixels -> float32 (pixel / 255 - 0.5) / 0.5, as ToTensor + Normalize((0.5,)*3, (0.5,)*3)."""
-    data = images.astype(np.float32)
-    data /= np.float32(255)
-    data -= np.float32(0.5)
-    data /= np.float32(0.5)
-    return data
+def _normalized_levels():
+    """The 256 pixel levels through (pixel / 255 - 0.5) / 0.5 in float32, as ToTensor + Normalize((0.5,)*3,
+    (0.5,)*3) compute them: looking a pixel up here gives the very float that computing it would."""
+    levels = np.arange(256, dtype=np.float32)
+    levels /= np.float32(255)
+    levels -= np.float32(0.5)
+    levels /= np.float32(0.5)
+    levels.flags.writeable = False
+    return levels
+
+
+NORMALIZED_LEVELS = _normalized_levels()
+
+
+def normalize(pixels):
+    """uint8 pixels -> float32 in [-1, 1], as ToTensor + Normalize((0.5,)*3, (0.5,)*3)."""
+    return NORMALIZED_LEVELS.take(pixels)
 
 
 def read_split(root, train=True, download=False, limit=None):
@@ -84,15 +103,17 @@ def read_split(root, train=True, download=False, limit=None):
     if limit is not None and limit <= 0:
         raise ValueError(f"CIFAR10: limit must be a positive number of images, got {limit}")
     folder = locate(root, download)
-    images, labels, read = [], [], []
-    for name in TRAIN_FILES if train else TEST_FILES:
-        batch_images, batch_labels = read_batch(os.path.join(folder, name))
-        images.append(batch_images)
-        labels.append(batch_labels)
-        read.append(name)
-        if limit is not None and sum(map(len, labels)) >= limit:
-            break  # the files after this one hold no image within the limit
-    _notice_if_unofficial(folder, read)
+    names = TRAIN_FILES if train else TEST_FILES
+    with _OfficialCheck(folder, names) as official:
+        images, labels, read = [], [], []
+        for name in names:
+            batch_images, batch_labels = read_batch(os.path.join(folder, name))
+            images.append(batch_images)
+            labels.append(batch_labels)
+            read.append(name)
+            if limit is not None and sum(map(len, labels)) >= limit:
+                break  # the files after this one hold no image within the limit
+        official.notice(read)
     images, labels = np.concatenate(images), np.concatenate(labels)
     return images[:limit], labels[:limit]
 
@@ -127,7 +148,8 @@ def _missing_batches(folder):
 def read_batch(path):
     """One batch file -> (uint8 images (n, 3, 32, 32), int64 labels (n,)); a clear error naming the file otherwise."""
     try:
-        batch = safe_pickle.load_file(path, safe_pickle.NUMPY_ARRAYS)
+        # Python 2's strings load as bytes: decoding the 30 MB of pixels to text and back would copy them twice.
+        batch = safe_pickle.load_file(path, safe_pickle.NUMPY_ARRAYS, encoding="bytes")
     except safe_pickle.UnsafePickleError as exc:
         raise DataError(str(exc)) from None
     except OSError as exc:
@@ -159,19 +181,37 @@ def read_batch(path):
     return images.reshape(-1, *IMAGE_SHAPE), labels
 
 
-def _notice_if_unofficial(folder, files):
-    """Say once per folder when its files are not the official release (they still load)."""
-    if folder in _noticed_folders:
-        return
-    _noticed_folders.add(folder)
-    # Stop at the first file that differs: one hash is enough to say so.
-    differing = next((name for name in files if md5sum(os.path.join(folder, name)) != OFFICIAL_MD5[name]), None)
-    if differing is not None:
-        print(
-            f"note: {folder} is not the official CIFAR-10 release (the MD5 sum of {differing} differs); "
-            f"using it as is, so accuracies may differ slightly from published ones",
-            file=sys.stderr,
-        )
+class _OfficialCheck:
+    """Says once per folder when its files are not the official release (they still load).
+
+    The files are hashed on a second thread while they are read (hashing releases the
+    GIL), and only until one differs: one hash is enough to say so.
+    """
+
+    def __init__(self, folder, names):
+        self.folder = folder
+        self._pool = None if folder in _noticed_folders else concurrent.futures.ThreadPoolExecutor(1)
+        if self._pool is not None:
+            _noticed_folders.add(folder)
+            self._hashes = {name: self._pool.submit(md5sum, os.path.join(folder, name)) for name in names}
+
+    def notice(self, read):
+        if self._pool is None:
+            return
+        differing = next((name for name in read if self._hashes[name].result() != OFFICIAL_MD5[name]), None)
+        if differing is not None:
+            print(
+                f"note: {self.folder} is not the official CIFAR-10 release (the MD5 sum of {differing} differs); "
+                f"using it as is, so accuracies may differ slightly from published ones",
+                file=sys.stderr,
+            )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # the hashes still queued are not needed
 
 
 def md5sum(path, chunk=1 << 20):
@@ -247,9 +287,11 @@ def _safe_member(member):
 class DataLoader:
     """Mini-batches ``(x, y)`` of a dataset on a backend, reshuffled every epoch.
 
-    The whole split moves to the backend once (``backend.asarray``, cast to ``dtype``
-    if given), and batches are gathered there with the backend's array module, so a
-    GPU backend keeps the data on the device. The shuffle order comes from a host
+    A dataset has ``targets`` and either ``data`` (any array, cast to ``dtype`` if
+    given) or ``pixels``, uint8 levels that each batch maps through
+    ``NORMALIZED_LEVELS`` (in ``dtype``) as it is drawn. The whole split moves to the
+    backend once (``backend.asarray``), and batches are gathered there with the
+    backend's array module, so a GPU backend keeps the data on the device. The shuffle order comes from a host
     numpy Generator seeded with ``seed``: every backend sees the same batches in the
     same order. The last partial batch is kept, as torch's DataLoader does by default.
 
@@ -275,7 +317,11 @@ class DataLoader:
         self.rank, self.workers = rank, workers
         self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
         self._rng = np.random.default_rng(seed)
-        self._data = self.backend.asarray(dataset.data, dtype=dtype)
+        if hasattr(dataset, "pixels"):
+            self._data = self.backend.asarray(dataset.pixels)
+            self._levels = self.backend.asarray(NORMALIZED_LEVELS, dtype=dtype)
+        else:
+            self._data, self._levels = self.backend.asarray(dataset.data, dtype=dtype), None
         self._targets = self.backend.asarray(dataset.targets)
 
     @property
@@ -313,7 +359,8 @@ class DataLoader:
                 return
             first = start + self.rank * share
             if order is None:
-                yield self._data[first:first + share], self._targets[first:first + share]
+                x, y = self._data[first:first + share], self._targets[first:first + share]
             else:
                 index = order[first:first + share]
-                yield self._data[index], self._targets[index]
+                x, y = self._data[index], self._targets[index]
+            yield (x if self._levels is None else self._levels.take(x)), y

@@ -310,10 +310,14 @@ def shard_bounds(count, comm):
 
 
 class Subset:
-    """Images ``[start, stop)`` of a dataset, as a dataset (views, no copies)."""
+    """Images ``[start, stop)`` of a dataset, as a dataset (views, no copies): its pixels, or its data."""
 
     def __init__(self, dataset, start, stop):
-        self.data, self.targets = dataset.data[start:stop], dataset.targets[start:stop]
+        if hasattr(dataset, "pixels"):
+            self.pixels = dataset.pixels[start:stop]
+        else:
+            self.data = dataset.data[start:stop]
+        self.targets = dataset.targets[start:stop]
 
     def __len__(self):
         return len(self.targets)

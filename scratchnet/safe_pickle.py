@@ -6,8 +6,8 @@ other one before anything is imported or called, so a hostile file runs nothing.
 Plain containers and scalars (dict, list, tuple, str, bytes, int, float, bool,
 None) need no callable and always load.
 
-What a file allocates is bounded by what it holds: ``load_file`` reads the file
-into memory first, so no opcode can ask for more bytes than the file has, and the
+What a file allocates is bounded by what it holds: ``load_file`` unpickles from the
+file mapped into memory, so no opcode can get more bytes than the file has, and the
 NumPy class an array pickle names may only tag ``_reconstruct``: called directly
 (``ndarray(shape, dtype, buffer, offset, strides)``, which could allocate any size or
 make zero-stride views) it is refused.
@@ -15,6 +15,8 @@ make zero-stride views) it is refused.
 
 import codecs
 import io
+import mmap
+import os
 import pickle
 
 import numpy as np
@@ -102,11 +104,14 @@ def load(file, allowed, what, persistent_load=None, encoding="latin1"):
         raise UnsafePickleError(f"{what}: {exc} (nothing from it was run)") from None
 
 
-def load_file(path, allowed, what=None):
-    """``load`` from the file at ``path``, read whole first so the pickle cannot ask for more than the file holds."""
+def load_file(path, allowed, what=None, encoding="latin1"):
+    """``load`` from the file at ``path``, mapped whole into memory (not read: copying a large file
+    costs more than its unpickling), so the pickle cannot ask for more than the file holds."""
     with open(path, "rb") as file:
-        content = file.read()
-    return load(io.BytesIO(content), allowed, what or path)
+        if os.fstat(file.fileno()).st_size == 0:  # nothing to map; the unpickler reports the empty stream
+            return load(io.BytesIO(b""), allowed, what or path, encoding=encoding)
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return load(mapped, allowed, what or path, encoding=encoding)
 
 
 def _describe(allowed):

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
-from scratchnet.data import CIFAR10, DataError, DataLoader
+from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
 from scratchnet.evaluate import evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
@@ -306,7 +306,7 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     if folder is None:
         return
     report.write_metrics(folder.path, metrics)
-    plots.save_all(folder.path, metrics, testset.data[:plots.GRID_IMAGES], testset.targets, predictions,
+    plots.save_all(folder.path, metrics, normalize(testset.pixels[:plots.GRID_IMAGES]), testset.targets, predictions,
                    testset.classes)
     print(f"Run folder: {folder.path}")
 

@@ -244,3 +244,35 @@ def test_loader_refuses_bad_batch_sizes(batch_size):
 def test_loader_takes_a_backend_name():
     loader = data.DataLoader(_Split(4), 2, backend="numpy")
     assert loader.backend is backends.get("numpy")
+
+
+@pytest.mark.parametrize("dtype", [None, np.float64])
+def test_loader_normalizes_pixel_batches_bit_for_bit_on_every_backend(fake_root, backend, dtype):
+    root, _ = fake_root
+    train = data.CIFAR10(root, train=True)
+    assert train.pixels.dtype == np.uint8  # the split stays pixels; the loader normalizes what it draws
+    expected_dtype = np.float32 if dtype is None else dtype
+    # The same batches as from the whole split normalized up front, in the same order.
+    up_front = data.DataLoader(_Normalized(train), 7, shuffle=True, seed=3, dtype=dtype)
+    for (x, y), (x_ref, y_ref) in zip(data.DataLoader(train, 7, shuffle=True, seed=3, backend=backend, dtype=dtype),
+                                      up_front, strict=True):
+        x = backend.to_numpy(x)
+        assert x.dtype == expected_dtype and x.shape == (len(y_ref), 3, 32, 32)
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(backend.to_numpy(y), y_ref)
+
+
+class _Normalized:
+    """A split as normalized floats (``data``), not pixels."""
+
+    def __init__(self, split):
+        self.data, self.targets = split.data, split.targets
+
+    def __len__(self):
+        return len(self.targets)
+
+
+def test_normalized_levels_are_the_formula_for_every_pixel_value():
+    pixels = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(data.normalize(pixels), (pixels.astype(np.float32) / 255 - 0.5) / 0.5)
+    assert data.normalize(pixels).dtype == np.float32
