@@ -109,6 +109,21 @@ def test_every_target_ignored_gives_nan_as_torch(backend):
     assert np.isnan(loss)  # torch: 0 / 0
 
 
+@pytest.mark.parametrize("ignore_index", [-100, -3])
+def test_a_label_equal_to_a_negative_ignore_index_is_ignored_as_torch(backend, ignore_index):
+    """The default loss with one label at the (default) ignore_index: that row drops out, as in torch."""
+    logits = np.random.default_rng(4).standard_normal((4, 10))
+    labels = np.array([1, ignore_index, 3, 9])
+    criterion = nn.CrossEntropyLoss(ignore_index=ignore_index).to(backend.name)
+    loss = criterion.forward_array(backend.asarray(logits), backend.asarray(labels))
+    grad = backend.to_numpy(criterion.backward())
+    torch_logits = torch.from_numpy(logits).requires_grad_()
+    torch_loss = F.cross_entropy(torch_logits, torch.from_numpy(labels), ignore_index=ignore_index)
+    torch_loss.backward()
+    assert relative_error(float(loss), torch_loss.item()) <= 1e-14
+    assert relative_error(grad, torch_logits.grad.numpy()) <= 1e-14 and not grad[1].any()
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda: (np.zeros((2, 3)), np.array([0, 3])), r"\[0, 2\].*ignore_index=-100.*0\.\.3"),
     (lambda: (np.zeros((2, 3, 4)), np.zeros((2, 3), dtype=np.int64)), r"\(2, 3, 4\).*\(2, 4\).*\(2, 3\)"),

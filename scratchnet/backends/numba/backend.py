@@ -166,12 +166,13 @@ class NumbaBackend(NumpyBackend):
         rows, classes = logits.shape
         dtype = logits.dtype
         probabilities = target.ndim == 2
-        if (not probabilities and weight is None and ignore_index < 0 and reduction == "mean"
-                and label_smoothing == 0 and rows):  # the tutorial's loss: its own kernel (labels lie in 0..C-1)
-            labels, probs = np.ascontiguousarray(target, dtype=np.int64), np.empty_like(logits)
-            loss = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
-            return np.asarray(loss, dtype=dtype), _MeanLoss(probs, labels)
         labels = np.empty(0, np.int64) if probabilities else np.ascontiguousarray(target, dtype=np.int64)
+        if (not probabilities and weight is None and ignore_index < 0 and reduction == "mean"
+                and label_smoothing == 0 and rows):  # the tutorial's loss: its own kernel, unless a label is ignored
+            probs = np.empty_like(logits)
+            loss, every_label_a_class = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
+            if every_label_a_class:
+                return np.asarray(loss, dtype=dtype), _MeanLoss(probs, labels)
         target = np.ascontiguousarray(target) if probabilities else np.empty((0, classes), dtype)
         class_weight = _ones(classes, dtype) if weight is None else np.ascontiguousarray(weight, dtype=dtype)
         probs, coefficients, row_loss = np.empty_like(logits), np.empty_like(logits), np.empty(rows, dtype)

@@ -69,18 +69,23 @@ def cross_entropy_backward(probs, coefficients, scale, grad):
 
 @njit(cache=True)
 def mean_cross_entropy_forward(logits, labels, probs):
-    """The tutorial's loss alone (class indices, no weights, mean): softmax into ``probs``; return the mean loss.
+    """The tutorial's loss alone (class indices, no weights, mean): softmax into ``probs``; return
+    (the mean loss, True), or (NaN, False) untouched when a label is no class index (an ignored
+    one, say), which the general kernel takes.
 
     The same sums as ``cross_entropy_forward``, without its coefficients: fewer passes where every step counts.
     """
     rows, classes = logits.shape
+    for r in range(rows):
+        if not 0 <= labels[r] < classes:
+            return np.nan, False
     total = 0.0
     for r in range(rows):
         peak, log_sum_exp = _row_log_sum_exp(logits, r)
         for k in range(classes):
             probs[r, k] = np.exp(logits[r, k] - peak - log_sum_exp)
         total -= logits[r, labels[r]] - peak - log_sum_exp
-    return total / rows
+    return total / rows, True
 
 
 @njit(cache=True)
