@@ -3,11 +3,17 @@
 import os
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from scratchnet.files import atomic_open
 
 GRID_IMAGES = 16  # test images in the labelled sample grid
+
+
+def _figure(**kwargs):
+    """A new matplotlib Figure; matplotlib is imported on first use, as it takes longer than training starts in."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def save_all(run_dir, metrics, images, labels, predictions, classes):
@@ -44,7 +50,7 @@ def sample_grid(images, labels, predictions, classes):
     count = len(images)
     columns = min(count, 8)
     rows = -(-count // columns)
-    figure = Figure(figsize=(1.6 * columns, 2.2 * rows))
+    figure = _figure(figsize=(1.6 * columns, 2.2 * rows))
     for index in range(count):
         axes = figure.add_subplot(rows, columns, index + 1)
         picture = np.clip(np.transpose(images[index], (1, 2, 0)) / 2 + 0.5, 0, 1)
@@ -59,7 +65,7 @@ def sample_grid(images, labels, predictions, classes):
 
 def loss_curve(metrics):
     """Training loss: the logged window means over mini-batches, and each epoch's mean."""
-    figure = Figure(figsize=(6, 4))
+    figure = _figure(figsize=(6, 4))
     axes = figure.add_subplot()
     steps_per_epoch = metrics["data"]["train_images"] / metrics["config"]["batch_size"]
     points = metrics["loss_curve"]
@@ -77,7 +83,7 @@ def loss_curve(metrics):
 
 
 def per_class_accuracy(metrics):
-    figure = Figure(figsize=(6, 4))
+    figure = _figure(figsize=(6, 4))
     axes = figure.add_subplot()
     names = list(metrics["per_class_accuracy"])
     values = [v if v is not None else 0.0 for v in metrics["per_class_accuracy"].values()]
@@ -94,7 +100,7 @@ def per_class_accuracy(metrics):
 
 def confusion_matrix(metrics, classes):
     matrix = np.asarray(metrics["confusion_matrix"])
-    figure = Figure(figsize=(6, 5.5))
+    figure = _figure(figsize=(6, 5.5))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
