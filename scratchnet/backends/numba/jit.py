@@ -40,7 +40,7 @@ class Twin:
 
 # Below this batch size every kernel runs serially: waking threads (and, on a busy
 # machine, waiting for a core) costs more than splitting a few images' work gains.
-PARALLEL_MIN_BATCH = 32
+PARALLEL_MIN_BATCH = 12
 
 
 def threaded(batch_size):
