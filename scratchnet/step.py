@@ -32,7 +32,7 @@ class FusedStep:
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.stages = plan(model)
         # A stage's input gradient is needed only when some stage before it has parameters.
-        self._needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
+        self.needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
                                   for index in range(len(self.stages))]
 
     def __call__(self, images, labels, check_label_values=True):
@@ -42,7 +42,7 @@ class FusedStep:
             x = stage.forward(x)
         loss = self.criterion.forward_array(x, labels, check_label_values)
         grad = self.criterion.backward()
-        for stage, need_input_grad in zip(reversed(self.stages), reversed(self._needs_input_grad)):
+        for stage, need_input_grad in zip(reversed(self.stages), reversed(self.needs_input_grad)):
             if not (need_input_grad or stage.has_parameters):
                 break
             grad = stage.backward(grad, need_input_grad)

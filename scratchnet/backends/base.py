@@ -56,6 +56,8 @@ def max_pool2d_output_hw(hw, kernel, stride, padding, dilation, ceil_mode):
 
 def check_class_indices(labels, classes, what, ignore_index=None):
     """Raise a ValueError naming ``what`` unless every label lies in [0, classes) or equals ``ignore_index``."""
+    if labels.size and 0 <= int(labels.min()) and int(labels.max()) < classes:
+        return  # every label a class: no need to pick out the ignored ones
     counted = labels if ignore_index is None else labels[labels != ignore_index]
     if counted.size == 0:
         return

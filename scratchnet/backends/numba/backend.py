@@ -219,10 +219,11 @@ class NumbaBackend(NumpyBackend):
     # ---- the training step ---------------------------------------------------------------
 
     def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
-        """The eager step with the model's conv -> ReLU -> max-pool and linear -> ReLU runs fused."""
-        from scratchnet.step import FusedStep  # the step drives nn modules, which import the backends
+        """The fused step (conv -> ReLU -> max-pool and linear -> ReLU runs as one op each), built once per
+        input shape with its buffers allocated up front (see ``compiled``)."""
+        from scratchnet.backends.numba.compiled import CompiledStep  # it drives nn modules, which import backends
 
-        return FusedStep(model, criterion, optimizer)
+        return CompiledStep(model, criterion, optimizer)
 
 
 # What the tutorial's loss keeps for its backward.
