@@ -74,7 +74,7 @@ def test_layers_without_a_block_of_their_own_run_as_themselves():
     step, *_ = _pair(MODELS["odd Sequential"], np.float32)
     step(*_batches([4], np.float32)[0])
     kinds = [type(block).__name__ for block in next(iter(step._plans.values()))]
-    assert kinds == ["_ConvReLUPoolBlock"] + ["_StageBlock"] * 4 + ["_LinearBlock"] * 2
+    assert kinds == ["_ConvReLUPoolBlock"] + ["_StageBlock"] * 3 + ["_FlattenBlock"] + ["_LinearBlock"] * 2
 
 
 def test_the_first_block_computes_no_input_gradient():

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from scratchnet import nn
-from scratchnet.backends.base import check_class_indices, conv_output_size
+from scratchnet.backends.base import conv_output_size
 from scratchnet.backends.numba import conv, dense, layout, loss_sgd, pooling
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.step import ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage
@@ -75,14 +75,12 @@ class CompiledStep:
         """(loss, d loss / d logits): the tutorial's loss through its kernels, any other through the criterion."""
         criterion = self.criterion
         if _is_tutorial_loss(criterion, logits, labels):
-            rows, classes = logits.shape
-            if check_label_values:
-                check_class_indices(labels, classes, criterion, criterion.ignore_index)
             probs, grad = np.empty_like(logits), np.empty_like(logits)
             loss, every_label_a_class = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
-            if every_label_a_class:  # else some label is ignored: the criterion's general kernel
-                loss_sgd.mean_cross_entropy_backward(probs, labels, logits.dtype.type(1 / rows), grad)
+            if every_label_a_class:  # the labels are checked: the kernel found each one a class index
+                loss_sgd.mean_cross_entropy_backward(probs, labels, logits.dtype.type(1 / len(logits)), grad)
                 return np.asarray(loss, dtype=logits.dtype), grad
+        # Another loss, or a label that is ignored or wrong (which the criterion checks and names).
         loss = criterion.forward_array(logits, labels, check_label_values)
         return loss, criterion.backward()
 
@@ -113,6 +111,8 @@ def _block(stage, shape, dtype, need_input_grad, parallel):
         return _LinearBlock(stage.linear, shape, dtype, True, need_input_grad, parallel)
     if isinstance(stage, LayerStage) and type(stage.layer) is nn.Linear:
         return _LinearBlock(stage.layer, shape, dtype, False, need_input_grad, parallel)
+    if isinstance(stage, LayerStage) and type(stage.layer) is nn.Flatten and len(shape) > 1:
+        return _FlattenBlock(shape, need_input_grad)
     return _StageBlock(stage, need_input_grad)
 
 
@@ -131,6 +131,22 @@ class _StageBlock:
 
     def backward(self, grad):
         return self.stage.backward(grad, self.need_input_grad)
+
+
+class _FlattenBlock:
+    """``Flatten``: a view of each image as one row, and the gradient viewed back."""
+
+    has_parameters = False
+
+    def __init__(self, x_shape, need_input_grad):
+        self.x_shape, self.need_input_grad = x_shape, need_input_grad
+        self.y_shape = (x_shape[0], math.prod(x_shape[1:]))
+
+    def forward(self, x):
+        return x.reshape(self.y_shape)
+
+    def backward(self, grad):
+        return grad.reshape(self.x_shape)
 
 
 class _ConvReLUPoolBlock:
