@@ -5,17 +5,21 @@
 Both command lines run as fresh processes on the same data with the same
 flags (default: the tutorial's 2 epochs and full test set), one after the
 other, each writing into its own temporary run folder; the wall time includes
-start-up, data loading, training and testing. Extra ``--limit-train`` /
+start-up, data loading, training and testing, and each run's own split of it
+(``wall_time_s`` of its ``metrics.json``: data, train, test, total in-process) is
+recorded beside it. Extra ``--limit-train`` /
 ``--limit-test`` flags pass through to both for a quick check.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
+from scratchnet import report
 from scratchnet.files import write_json
 
 
@@ -47,10 +51,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as runs:
         for name, module, extra in (("scratchnet", "scratchnet.train", ["--backend", args.backend]),
                                     ("reference", "reference.tutorial", [])):
-            seconds, tail = run(module, shared + extra + ["--out", os.path.join(runs, name)])
+            folder = os.path.join(runs, name)
+            seconds, tail = run(module, shared + extra + ["--out", folder])
+            with open(os.path.join(folder, report.METRICS_FILE)) as file:
+                phases = json.load(file)["wall_time_s"]
             results[name] = {"command": f"python -m {module} " + " ".join(shared + extra), "wall_s": seconds,
-                             "output_tail": tail}
-            print(f"{name}: {seconds:.1f} s")
+                             "in_process_s": phases, "output_tail": tail}
+            print(f"{name}: {seconds:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()) + ")")
     results["load_average_after"] = os.getloadavg()
     results["reference_over_scratchnet"] = results["reference"]["wall_s"] / results["scratchnet"]["wall_s"]
 

@@ -46,20 +46,31 @@ def _save(run_dir, figures):
 
 
 def sample_grid(images, labels, predictions, classes):
-    """The tutorial's imshow: unnormalize (x / 2 + 0.5) and show each image with its true and predicted class."""
+    """The tutorial's imshow: unnormalize (x / 2 + 0.5) and show each image with its true and predicted class.
+
+    The images are tiled into one picture (one matplotlib image, not an axes each: a
+    sixteenth of the drawing time), each captioned above its tile.
+    """
     count = len(images)
     columns = min(count, 8)
     rows = -(-count // columns)
-    figure = _figure(figsize=(1.6 * columns, 2.2 * rows))
+    size, gap, caption = images.shape[-1], 2, 14  # pixels: a tile, the white between tiles, a caption's band
+    cell_w, cell_h = size + gap, size + caption
+    montage = np.ones((rows * cell_h, columns * cell_w, 3))
+    pictures = np.clip(np.transpose(images, (0, 2, 3, 1)) / 2 + 0.5, 0, 1)
     for index in range(count):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        picture = np.clip(np.transpose(images[index], (1, 2, 0)) / 2 + 0.5, 0, 1)
-        axes.imshow(picture, interpolation="nearest")
+        top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
+        montage[top:top + size, left:left + size] = pictures[index]
+    figure = _figure(figsize=(1.6 * columns, 2.2 * rows))
+    axes = figure.add_axes((0.01, 0.01, 0.98, 0.90))
+    axes.imshow(montage, interpolation="nearest")
+    for index in range(count):
         truth, guess = classes[labels[index]], classes[predictions[index]]
-        axes.set_title(f"{truth}\n→ {guess}", fontsize=8, color="black" if truth == guess else "red")
-        axes.axis("off")
+        top, left = (index // columns) * cell_h, (index % columns) * cell_w
+        axes.text(left + size / 2, top + caption - 1, f"{truth}\n→ {guess}", fontsize=8, ha="center", va="bottom",
+                  color="black" if truth == guess else "red")
+    axes.axis("off")
     figure.suptitle("Test images: true class → predicted", fontsize=9)
-    figure.tight_layout()
     return figure
 
 
