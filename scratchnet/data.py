@@ -79,23 +79,14 @@ class CIFAR10:
         return f"CIFAR10(root={self.root!r}, train={self.train}, images={len(self)})"
 
 
-def _normalized_levels():
-    """The 256 pixel levels through (pixel / 255 - 0.5) / 0.5 in float32, as ToTensor + Normalize((0.5,)*3,
-    (0.5,)*3) compute them: looking a pixel up here gives the very float that computing it would."""
-    levels = np.arange(256, dtype=np.float32)
-    levels /= np.float32(255)
-    levels -= np.float32(0.5)
-    levels /= np.float32(0.5)
-    levels.flags.writeable = False
-    return levels
-
-
-NORMALIZED_LEVELS = _normalized_levels()
-
-
-def normalize(pixels):
-    """uint8 pixels -> float32 in [-1, 1], as ToTensor + Normalize((0.5,)*3, (0.5,)*3)."""
-    return NORMALIZED_LEVELS.take(pixels)
+def normalize(pixels, dtype=None):
+    """uint8 pixels -> (pixel / 255 - 0.5) / 0.5 in float32, as ToTensor + Normalize((0.5,)*3, (0.5,)*3)
+    compute it, then cast to ``dtype`` if given; numpy or cupy arrays alike."""
+    data = pixels.astype(np.float32)
+    data /= np.float32(255)
+    data -= np.float32(0.5)
+    data /= np.float32(0.5)
+    return data if dtype is None else data.astype(dtype, copy=False)
 
 
 def read_split(root, train=True, download=False, limit=None):
@@ -288,8 +279,8 @@ class DataLoader:
     """Mini-batches ``(x, y)`` of a dataset on a backend, reshuffled every epoch.
 
     A dataset has ``targets`` and either ``data`` (any array, cast to ``dtype`` if
-    given) or ``pixels``, uint8 levels that each batch maps through
-    ``NORMALIZED_LEVELS`` (in ``dtype``) as it is drawn. The whole split moves to the
+    given) or ``pixels``, uint8 values that each batch ``normalize``s (to ``dtype``)
+    as it is drawn. The whole split moves to the
     backend once (``backend.asarray``), and batches are gathered there with the
     backend's array module, so a GPU backend keeps the data on the device. The shuffle order comes from a host
     numpy Generator seeded with ``seed``: every backend sees the same batches in the
@@ -317,11 +308,10 @@ class DataLoader:
         self.rank, self.workers = rank, workers
         self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
         self._rng = np.random.default_rng(seed)
-        if hasattr(dataset, "pixels"):
-            self._data = self.backend.asarray(dataset.pixels)
-            self._levels = self.backend.asarray(NORMALIZED_LEVELS, dtype=dtype)
-        else:
-            self._data, self._levels = self.backend.asarray(dataset.data, dtype=dtype), None
+        self._pixels = hasattr(dataset, "pixels")
+        self._dtype = dtype
+        self._data = self.backend.asarray(dataset.pixels if self._pixels else dataset.data,
+                                          dtype=None if self._pixels else dtype)
         self._targets = self.backend.asarray(dataset.targets)
 
     @property
@@ -363,4 +353,4 @@ class DataLoader:
             else:
                 index = order[first:first + share]
                 x, y = self._data[index], self._targets[index]
-            yield (x if self._levels is None else self._levels.take(x)), y
+            yield (normalize(x, self._dtype) if self._pixels else x), y

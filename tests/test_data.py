@@ -272,7 +272,12 @@ class _Normalized:
         return len(self.targets)
 
 
-def test_normalized_levels_are_the_formula_for_every_pixel_value():
-    pixels = np.arange(256, dtype=np.uint8)
-    np.testing.assert_array_equal(data.normalize(pixels), (pixels.astype(np.float32) / 255 - 0.5) / 0.5)
-    assert data.normalize(pixels).dtype == np.float32
+def test_every_pixel_value_normalizes_as_torchvision_does():
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)  # HWC, every value once a channel
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    expected = transform(Image.fromarray(levels)).numpy()
+    got = data.normalize(np.ascontiguousarray(levels.transpose(2, 0, 1)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)  # bit for bit
+    wide = data.normalize(levels.transpose(2, 0, 1), np.float64)
+    assert wide.dtype == np.float64 and np.array_equal(wide, expected.astype(np.float64))

@@ -2,7 +2,7 @@
 
 ``FusedStep`` (``scratchnet.step``) reaches the kernels through the backend's ops, which
 check their inputs, allocate their outputs and work out the shifted-plane layout on every
-call; at batch 4 that Python costs about a quarter of the step. ``CompiledStep`` does that
+call; at batch 4 that Python costs about a fifth of the step. ``CompiledStep`` does that
 work once for each input shape and dtype it meets: it runs one forward of ``FusedStep``'s
 stages (which checks the input and reports as usual), learns each stage's input shape,
 and then builds a block per stage: conv -> ReLU -> max-pool and linear (-> ReLU) stages
