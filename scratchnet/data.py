@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchnet import backends, safe_pickle
+from scratchnet.backends.base import normalize_pixels as normalize  # noqa: F401 (data.normalize)
 from scratchnet.files import atomic_open
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -77,16 +78,6 @@ class CIFAR10:
 
     def __repr__(self):
         return f"CIFAR10(root={self.root!r}, train={self.train}, images={len(self)})"
-
-
-def normalize(pixels, dtype=None):
-    """uint8 pixels -> (pixel / 255 - 0.5) / 0.5 in float32, as ToTensor + Normalize((0.5,)*3, (0.5,)*3)
-    compute it, then cast to ``dtype`` if given; numpy or cupy arrays alike."""
-    data = pixels.astype(np.float32)
-    data /= np.float32(255)
-    data -= np.float32(0.5)
-    data /= np.float32(0.5)
-    return data if dtype is None else data.astype(dtype, copy=False)
 
 
 def read_split(root, train=True, download=False, limit=None):
@@ -279,8 +270,8 @@ class DataLoader:
     """Mini-batches ``(x, y)`` of a dataset on a backend, reshuffled every epoch.
 
     A dataset has ``targets`` and either ``data`` (any array, cast to ``dtype`` if
-    given) or ``pixels``, uint8 values that each batch ``normalize``s (to ``dtype``)
-    as it is drawn. The whole split moves to the
+    given) or ``pixels``, uint8 values that each batch normalizes (to ``dtype``, with
+    ``backend.normalize_pixels``) as it is drawn. The whole split moves to the
     backend once (``backend.asarray``), and batches are gathered there with the
     backend's array module, so a GPU backend keeps the data on the device. The shuffle order comes from a host
     numpy Generator seeded with ``seed``: every backend sees the same batches in the
@@ -353,4 +344,4 @@ class DataLoader:
             else:
                 index = order[first:first + share]
                 x, y = self._data[index], self._targets[index]
-            yield (normalize(x, self._dtype) if self._pixels else x), y
+            yield (self.backend.normalize_pixels(x, self._dtype) if self._pixels else x), y

@@ -272,12 +272,13 @@ class _Normalized:
         return len(self.targets)
 
 
-def test_every_pixel_value_normalizes_as_torchvision_does():
+@pytest.mark.parametrize("dtype", [None, np.float64])
+def test_every_pixel_value_normalizes_as_torchvision_does_on_every_backend(backend, dtype):
     levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)  # HWC, every value once a channel
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    expected = transform(Image.fromarray(levels)).numpy()
-    got = data.normalize(np.ascontiguousarray(levels.transpose(2, 0, 1)))
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, expected)  # bit for bit
-    wide = data.normalize(levels.transpose(2, 0, 1), np.float64)
-    assert wide.dtype == np.float64 and np.array_equal(wide, expected.astype(np.float64))
+    expected = transform(Image.fromarray(levels)).numpy().astype(dtype or np.float32)
+    pixels = np.ascontiguousarray(levels.transpose(2, 0, 1))[None]
+    on_backend = backend.normalize_pixels(backend.asarray(pixels), dtype)
+    for got in (data.normalize(pixels, dtype), backend.to_numpy(on_backend)):
+        assert got.dtype == expected.dtype and got.shape == (1,) + expected.shape
+        np.testing.assert_array_equal(got[0], expected)  # bit for bit

@@ -23,6 +23,8 @@ The contract every op keeps:
 
 import functools
 
+import numpy as np
+
 
 def conv_output_size(size, kernel, stride=1, padding=0):
     """Output length of a convolution (or floor-mode pooling) along one axis, as torch computes it."""
@@ -52,6 +54,16 @@ def max_pool2d_output_hw(hw, kernel, stride, padding, dilation, ceil_mode):
     """Output (H, W) of a max-pool; every argument but ``ceil_mode`` a pair."""
     return tuple(pool_output_size(size, k, s, p, d, ceil_mode)
                  for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
+
+
+def normalize_pixels(pixels, dtype=None):
+    """uint8 pixels -> (pixel / 255 - 0.5) / 0.5 in float32, as torchvision's ToTensor + Normalize((0.5,)*3,
+    (0.5,)*3) compute it, then cast to ``dtype`` if given; numpy or cupy arrays alike."""
+    data = pixels.astype(np.float32)
+    data /= np.float32(255)
+    data -= np.float32(0.5)
+    data /= np.float32(0.5)
+    return data if dtype is None else data.astype(dtype, copy=False)
 
 
 def check_class_indices(labels, classes, what, ignore_index=None):
@@ -88,6 +100,10 @@ class Backend:
         """Raise a TypeError unless ``array`` lives on this backend. ``what`` names the caller;
         it is formatted only for the message, so a module can pass itself cheaply."""
         raise NotImplementedError
+
+    def normalize_pixels(self, pixels, dtype=None):
+        """``normalize_pixels`` of one of this backend's uint8 arrays (a batch the data loader draws)."""
+        return normalize_pixels(pixels, dtype)
 
     # ---- conv2d ----------------------------------------------------------------
     # Geometry comes parsed (``scratchnet.functional`` parses torch's arguments): ``stride``

@@ -43,6 +43,11 @@ class NumbaBackend(NumpyBackend):
             views = self._flat_views[key] = tuple(array.reshape(-1) for array in arrays)
         return views
 
+    def normalize_pixels(self, pixels, dtype=None):
+        data = np.empty(pixels.shape, dtype=np.float32)
+        dense.normalize_pixels(np.ascontiguousarray(pixels), data)
+        return data if dtype is None else data.astype(dtype, copy=False)
+
     # ---- conv2d ----------------------------------------------------------------
     # The plain geometry (``_plain_padding``: the tutorial's) runs on shifted planes; any
     # other runs the general kernels.

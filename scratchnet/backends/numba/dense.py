@@ -1,9 +1,18 @@
-"""Element-wise and dense kernels: ReLU and linear layers (optionally fused with a ReLU)."""
+"""Element-wise and dense kernels: pixel normalization, ReLU and linear layers (optionally fused with a ReLU)."""
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from scratchnet.backends.numba.jit import Twin, kernel
+
+
+@njit(cache=True)  # no fast-math flags: the same float32 operations, rounded the same way, as torchvision's
+def normalize_pixels(pixels, out):
+    """float32 ``out`` = (pixel / 255 - 0.5) / 0.5 of C-ordered uint8 ``pixels``."""
+    flat_pixels, flat_out = pixels.ravel(), out.ravel()
+    for k in range(flat_pixels.size):
+        value = np.float32(flat_pixels[k]) / np.float32(255)
+        flat_out[k] = (value - np.float32(0.5)) / np.float32(0.5)
 
 
 @kernel()
