@@ -50,6 +50,18 @@ class FusedStep:
         return x, loss
 
 
+def fused_forward(model):
+    """``forward(x)``: ``model(x)`` through the stages of ``plan(model)`` (fused runs where the layers allow)."""
+    stages = plan(model)
+
+    def forward(x):
+        for stage in stages:
+            x = stage.forward(x)
+        return x
+
+    return forward
+
+
 def plan(model):
     """The stages of ``model``'s step: fused runs where the layers allow, single layers elsewhere."""
     if not isinstance(model, nn.Sequential):

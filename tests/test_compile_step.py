@@ -61,6 +61,17 @@ def test_compiled_step_equals_the_eager_step(backend, name):
         assert relative_error(state[key], eager_state[key]) <= 1e-12, f"{name}: {key} differs after {STEPS} steps"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_forward_gives_the_model_s_outputs_bit_for_bit(backend, name, dtype):
+    model = MODELS[name]().to(backend.name).to(dtype)
+    images = backend.asarray(_batches(count=1)[0][0].astype(dtype))
+    expected = backend.to_numpy(model(images))
+    got = backend.to_numpy(backend.compile_forward(model)(images))
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_the_plan_fuses_every_run_in_any_sequential():
     kinds = [type(stage) for stage in plan(_user_net(0))]
     assert kinds == [ConvReLUPoolStage] * 3 + [LayerStage, LinearReLUStage, LayerStage]

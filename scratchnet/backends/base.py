@@ -234,6 +234,11 @@ class Backend:
 
         return functools.partial(eager_step, model, criterion, optimizer)
 
+    def compile_forward(self, model):
+        """``forward(x) -> model(x)`` in this backend's fastest form (for inference: no gradients follow),
+        with the same results. This default is the model itself."""
+        return model
+
 
 def _plain_conv(stride, padding):
     """The fused ops' int geometry as conv2d's (stride, padding, dilation, groups)."""

@@ -230,6 +230,12 @@ class NumbaBackend(NumpyBackend):
 
         return CompiledStep(model, criterion, optimizer)
 
+    def compile_forward(self, model):
+        """The model's fused stages (as ``compile_step`` trains them) run one after another."""
+        from scratchnet.step import fused_forward  # it drives nn modules, which import the backends
+
+        return fused_forward(model)
+
 
 # What the tutorial's loss keeps for its backward.
 _MeanLoss = collections.namedtuple("_MeanLoss", "probs labels")
