@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchnet import backends, safe_pickle
-from scratchnet.backends.base import normalize_pixels as normalize  # noqa: F401 (data.normalize)
+from scratchnet.backends.base import normalize_pixels as normalize
 from scratchnet.files import atomic_open
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

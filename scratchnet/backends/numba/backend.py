@@ -172,8 +172,8 @@ class NumbaBackend(NumpyBackend):
         dtype = logits.dtype
         probabilities = target.ndim == 2
         labels = np.empty(0, np.int64) if probabilities else np.ascontiguousarray(target, dtype=np.int64)
-        if (not probabilities and weight is None and ignore_index < 0 and reduction == "mean"
-                and label_smoothing == 0 and rows):  # the tutorial's loss: its own kernel, unless a label is ignored
+        if not probabilities and rows and is_mean_loss(weight, ignore_index, reduction, label_smoothing):
+            # The tutorial's loss: its own kernel, unless a label is ignored.
             probs = np.empty_like(logits)
             loss, every_label_a_class = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
             if every_label_a_class:
@@ -237,6 +237,12 @@ class NumbaBackend(NumpyBackend):
         return fused_forward(model)
 
 
+def is_mean_loss(weight, ignore_index, reduction, label_smoothing):
+    """Options of the tutorial's loss (unweighted mean, no smoothing, a negative ignore_index, which no
+    class index equals), which ``loss_sgd.mean_cross_entropy_forward`` / ``backward`` compute alone."""
+    return weight is None and ignore_index < 0 and reduction == "mean" and label_smoothing == 0
+
+
 # What the tutorial's loss keeps for its backward.
 _MeanLoss = collections.namedtuple("_MeanLoss", "probs labels")
 
@@ -290,8 +296,7 @@ def _shifted_forward(x, weight, bias, padding, parallel):
 def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel, grad_weight, grad_bias):
     """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows: the
     parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
-    parts = geometry.groups * -(-geometry.total // layout.CHUNK)
-    partial = np.empty((parts,) + weight.shape, dtype=weight.dtype)
+    partial = np.empty(geometry.partial_shape, dtype=weight.dtype)
     conv.shifted_grad_weight.run(parallel, planes, grad_rows, geometry.span, partial)
     conv.add_sum_leading(partial, grad_weight)
     if grad_bias is not None:

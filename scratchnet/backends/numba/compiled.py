@@ -21,6 +21,7 @@ import numpy as np
 from scratchnet import nn
 from scratchnet.backends.base import conv_output_size
 from scratchnet.backends.numba import conv, dense, layout, loss_sgd, pooling
+from scratchnet.backends.numba.backend import is_mean_loss
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.step import ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage
 
@@ -43,7 +44,7 @@ class CompiledStep:
             return self.fused(images, labels, check_label_values)
         blocks = self._plans.get(signature)
         if blocks is None:
-            blocks = self._build(images)
+            blocks = self._build(images, signature)
         self.optimizer.zero_grad()
         x = images
         for block in blocks:
@@ -56,7 +57,7 @@ class CompiledStep:
         self.optimizer.step()
         return x.copy(), loss
 
-    def _build(self, images):
+    def _build(self, images, signature):
         """The blocks for inputs like ``images``, from one checked forward of the fused stages."""
         shapes, x = [], images
         for stage in self.fused.stages:
@@ -68,7 +69,7 @@ class CompiledStep:
             blocks.append(_block(stage, shape, images.dtype, self.fused.needs_input_grad[index], parallel))
         if len(self._plans) >= _SIGNATURES_KEPT:
             self._plans.clear()
-        self._plans[_signature(images, self._parameters)] = blocks
+        self._plans[signature] = blocks
         return blocks
 
     def _loss(self, logits, labels, check_label_values):
@@ -98,10 +99,10 @@ def _signature(images, parameters):
 def _is_tutorial_loss(criterion, logits, labels):
     """A plain CrossEntropyLoss (mean, unweighted, no smoothing) of (N, C) logits and N int64 class indices:
     the case the numba backend gives its own two kernels."""
-    return (type(criterion) is nn.CrossEntropyLoss and criterion.weight is None and criterion.reduction == "mean"
-            and criterion.label_smoothing == 0 and criterion.ignore_index < 0 and logits.ndim == 2
-            and logits.shape[0] > 0 and type(labels) is np.ndarray and labels.dtype == np.int64
-            and labels.shape == logits.shape[:1] and labels.flags.c_contiguous)
+    return (type(criterion) is nn.CrossEntropyLoss
+            and is_mean_loss(criterion.weight, criterion.ignore_index, criterion.reduction, criterion.label_smoothing)
+            and logits.ndim == 2 and logits.shape[0] > 0 and type(labels) is np.ndarray
+            and labels.dtype == np.int64 and labels.shape == logits.shape[:1] and labels.flags.c_contiguous)
 
 
 def _block(stage, shape, dtype, need_input_grad, parallel):
@@ -165,7 +166,7 @@ class _ConvReLUPoolBlock:
         self.planes = np.empty(geometry.planes_shape, dtype)
         self.rows, self.grad_rows = np.empty(geometry.rows_shape, dtype), np.empty(geometry.rows_shape, dtype)
         self.y, self.indices = np.empty(y_shape, dtype), np.empty(y_shape, np.int64)
-        self.partial = np.empty((geometry.groups * -(-geometry.total // layout.CHUNK),) + weight_shape, dtype)
+        self.partial = np.empty(geometry.partial_shape, dtype)
         self.zero_bias = np.zeros(weight_shape[0], dtype)  # for a conv without bias
         if need_input_grad:
             self.grad_planes, self.grad_x = np.empty_like(self.planes), np.empty(x_shape, dtype)
@@ -217,8 +218,8 @@ class _LinearBlock:
         self.no_relu = np.empty((0, 0), dtype)  # no ReLU output: nothing to mask
         self.zero_bias = np.zeros(linear.out_features, dtype)  # for a linear without bias
         self.spare_grad_bias = np.zeros(linear.out_features, dtype)  # the kernel adds into it; nobody reads it
-        self.forward_kernel, self.backward_kernel = _pick(dense.linear_forward, parallel), _pick(dense.linear_backward,
-                                                                                                parallel)
+        self.forward_kernel = _pick(dense.linear_forward, parallel)
+        self.backward_kernel = _pick(dense.linear_backward, parallel)
 
     def forward(self, x):
         linear = self.linear

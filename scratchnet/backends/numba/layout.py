@@ -115,3 +115,5 @@ class ShiftedGeometry:
         self.total = self.out_hw[0] * self.span  # a group's output pixels
         self.planes_shape = (self.groups, kw, c, (h + 2 * padding) * self.span)
         self.rows_shape = (weight_shape[0], self.groups, self.total)
+        # The weight gradient's per-chunk parts, summed afterwards in chunk order.
+        self.partial_shape = (self.groups * -(-self.total // CHUNK),) + tuple(weight_shape)
