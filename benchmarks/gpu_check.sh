@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call that stays inside 6 minutes:
-# the cupy tests (plus the shared op/optimizer/parity tests on cupy), then the GPU benchmark.
+# Everything that needs a GPU, in one call that stays inside 6 minutes: the cupy tests (plus the shared
+# op/optimizer/parity tests on cupy), the emulated CUDA device checked against the GPU, then the benchmark.
 #
 #   benchmarks/gpu_check.sh [RESULTS_DIR]      (default: benchmarks/results)
 #
@@ -39,10 +39,23 @@ timeout 180 python3 -m pytest -q -rs -p no:cacheprovider \
     2>&1 | tee "$RESULTS_DIR/gpu_check_pytest_${card}.log"
 tests_status=${PIPESTATUS[0]}
 
+echo "== the emulated device against this GPU =="
+scratch=$(mktemp -d)
+if command -v "${CXX:-g++}" >/dev/null; then
+    timeout 120 bash -c "python3 -m benchmarks.emulator_check --save '$scratch/gpu.npz' &&
+        SCRATCHNET_CUDA_EMULATOR=1 python3 -m benchmarks.emulator_check --save '$scratch/emulated.npz' &&
+        python3 -m benchmarks.emulator_check --compare '$scratch/gpu.npz' '$scratch/emulated.npz'" \
+        2>&1 | tee "$RESULTS_DIR/gpu_check_emulator_${card}.log"
+    emulator_status=${PIPESTATUS[0]}
+else
+    echo "no C++ compiler here: the emulated device cannot be checked" | tee "$RESULTS_DIR/gpu_check_emulator_${card}.log"
+    emulator_status=1
+fi
+
 echo "== benchmark =="
 timeout 180 python3 -m benchmarks.gpu --json "$RESULTS_DIR/gpu_${card}.json" --tutorial-timeout 90 \
     2>&1 | tee "$RESULTS_DIR/gpu_check_benchmark_${card}.log"
 bench_status=${PIPESTATUS[0]}
 
-echo "tests exit status: $tests_status; benchmark exit status: $bench_status"
-[ "$tests_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+echo "tests exit status: $tests_status; emulator check: $emulator_status; benchmark exit status: $bench_status"
+[ "$tests_status" -eq 0 ] && [ "$emulator_status" -eq 0 ] && [ "$bench_status" -eq 0 ]

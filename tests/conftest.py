@@ -1,7 +1,9 @@
 """Backend injection: every test that takes ``backend`` runs once per backend.
 
-The cupy backend joins only where it loads (CuPy installed and a GPU present);
-elsewhere its cases are skipped with the reason the registry gives.
+The cupy backend runs on a GPU where CuPy and a GPU are present; elsewhere on the emulated CUDA
+device (our kernels compiled for the CPU, test id ``cupy-emulated``), unless
+``SCRATCHNET_CUDA_EMULATOR=0`` or no C++ compiler is found: then its cases are skipped with the
+reason the registry gives.
 """
 
 import os
@@ -14,6 +16,21 @@ from scratchnet import backends
 _MAX_ERRORS = defaultdict(float)
 
 
+def gpu_present():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: each means no GPU here
+        return False
+
+
+# Set before the cupy backend is first loaded (it reads the variable then); subprocesses inherit it.
+if "SCRATCHNET_CUDA_EMULATOR" not in os.environ and not gpu_present():
+    os.environ["SCRATCHNET_CUDA_EMULATOR"] = "1"
+EMULATED = os.environ.get("SCRATCHNET_CUDA_EMULATOR") == "1"
+
+
 def _backend_params():
     params = []
     for name in backends.names():
@@ -22,7 +39,7 @@ def _backend_params():
             marks = []
         except backends.BackendError as exc:
             marks = [pytest.mark.skip(reason=f"{name} backend unavailable: {exc}")]
-        params.append(pytest.param(name, marks=marks, id=name))
+        params.append(pytest.param(name, marks=marks, id="cupy-emulated" if name == "cupy" and EMULATED else name))
     return params
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from cifar_fakes import MarkerPayload
-from scratchnet import backends, checkpoint, data
+from conftest import gpu_present
+from scratchnet import checkpoint, data
 from scratchnet.models import Net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +21,9 @@ SLICE = ["--limit-train", "400", "--limit-test", "100", "--log-every", "25", "--
 PLOTS = ("samples.png", "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
 
 
-def run_cli(module, *args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+def run_cli(module, *args, cwd=None, env=None):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -163,11 +165,38 @@ def test_unknown_backend(tmp_path):
 
 
 def test_cupy_without_cupy_or_gpu_is_one_line(tmp_path, data_root):
-    if "cupy" in backends.available():
+    if gpu_present():
         pytest.skip("CuPy and a GPU are present here, so --backend cupy works")
-    result = run_cli("scratchnet.train", "--backend", "cupy", "--data", data_root, cwd=tmp_path)
+    result = run_cli("scratchnet.train", "--backend", "cupy", "--data", data_root, cwd=tmp_path,
+                     env={"SCRATCHNET_CUDA_EMULATOR": "0"})
     assert_one_line_error(result, "backend 'cupy' is not available")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+EMULATED_SLICE = ["--dtype", "float64", "--limit-train", "400", "--limit-test", "100", "--epochs", "1",
+                  "--log-every", "50", "--seed", "3"]
+
+
+def test_the_emulated_gpu_prints_what_numpy_prints(data_root, tmp_path):
+    """Our CUDA kernels on the emulated device, with the CUDA-graph replay and without, against numpy."""
+    runs = {}
+    for name, backend, extra in [("numpy", "numpy", []), ("graph", "cupy", []),
+                                 ("eager", "cupy", ["--no-cuda-graph"])]:
+        out = tmp_path / name
+        result = run_cli("scratchnet.train", "--backend", backend, "--data", data_root, "--out", out,
+                         *EMULATED_SLICE, *extra, env={"SCRATCHNET_CUDA_EMULATOR": "1"})
+        assert result.returncode == 0, result.stderr
+        runs[name] = result, json.loads((out / "metrics.json").read_text())
+    numpy_result, numpy_metrics = runs["numpy"]
+    for name in ("graph", "eager"):
+        result, metrics = runs[name]
+        assert result.stderr.count("emulated CUDA device: for testing, not for speed") == 1, result.stderr
+        printed = [line for line in result.stdout.splitlines() if not line.startswith("Run folder")]
+        assert printed == [line for line in numpy_result.stdout.splitlines() if not line.startswith("Run folder")]
+        losses = np.array([point["loss"] for point in metrics["loss_curve"]])
+        numpy_losses = np.array([point["loss"] for point in numpy_metrics["loss_curve"]])
+        assert losses.shape == (2,) and np.all(np.abs(losses - numpy_losses) <= 1e-12 * np.abs(numpy_losses)), name
+        assert metrics["confusion_matrix"] == numpy_metrics["confusion_matrix"], name
 
 
 @pytest.mark.parametrize("content", ["text", "evil", "missing"])

@@ -1,7 +1,8 @@
-"""The cupy backend (GPU): ``backend.CupyBackend``, our CUDA kernels (``cuda_sources``) and the
-CUDA-graph capture of a whole training step (``graph``).
+"""The cupy backend (GPU): ``backend.CupyBackend``, our CUDA kernels (``kernels/*.cu``, read by
+``sources``), the CUDA-graph capture of a whole training step (``graph``), and the emulated device
+that runs the same kernels on the CPU (``emulator``, chosen in ``device``).
 
-Only ``create`` imports CuPy, so ``cuda_sources`` stays importable (and compile-checkable)
+Only ``create`` imports CuPy (or the emulator), so ``sources`` stays importable (and compile-checkable)
 on machines without it.
 """
 

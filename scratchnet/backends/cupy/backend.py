@@ -1,8 +1,8 @@
 """The GPU backend: the ``Backend`` interface on CuPy arrays, computed by our own CUDA kernels.
 
-The kernels live in ``cuda_sources`` and, for any geometry other than the tutorial's
-and for every cross-entropy, ``cuda_general_sources`` (compiled by CuPy's NVRTC once per float
-type); large dense products go to cuBLAS through ``cupy.matmul``. No cuDNN. Arrays
+The kernels live in ``kernels/*.cu`` (``sources``), compiled by CuPy's NVRTC once, every kernel
+instantiated for both float types; large dense products go to cuBLAS through ``cupy.matmul``. No cuDNN.
+CuPy comes through ``device``, which hands the emulated device instead when it is asked for. Arrays
 never cross between host and device implicitly: ``asarray`` and ``to_numpy``
 are the only moves, and ``check_array`` refuses numpy arrays.
 
@@ -16,15 +16,16 @@ step be captured into a CUDA graph (``graph``, returned by ``compile_step``): Cu
 cuBLAS calls during stream capture.
 """
 
-import cupy as cp
 import numpy as np
 
 from scratchnet.backends import BackendError
 from scratchnet.backends.base import Backend, conv2d_output_hw, conv_output_size, max_pool2d_output_hw
-from scratchnet.backends.cupy import cuda_general_sources, cuda_sources
+from scratchnet.backends.cupy import sources
+from scratchnet.backends.cupy.device import EMULATED, cp
 from scratchnet.backends.cupy.graph import CapturedStep
 
 _THREADS = 256
+_REDUCE_THREADS = sources.reduce_threads()
 # Enough blocks to fill any current GPU; grid-stride loops cover the rest.
 _MAX_BLOCKS = 65535
 
@@ -32,6 +33,7 @@ _MAX_BLOCKS = 65535
 class CupyBackend(Backend):
     name = "cupy"
     xp = cp
+    emulated = EMULATED
 
     # Multiply-adds per conv op up to which the single-launch direct kernels are used.
     direct_conv_max_macs = 1 << 24
@@ -39,7 +41,8 @@ class CupyBackend(Backend):
     direct_matmul_max_macs = 1 << 24
 
     def __init__(self):
-        self._modules = {}
+        self._module = None
+        self._kernels = {}
 
     # ---- arrays -----------------------------------------------------------------
 
@@ -52,7 +55,8 @@ class CupyBackend(Backend):
                 f"input: the cupy backend moves numpy arrays to the GPU, got "
                 f"{type(array).__module__}.{type(array).__name__}"
             )
-        return cp.asarray(np.ascontiguousarray(array, dtype=dtype))
+        # np.asarray, not np.ascontiguousarray, which would make a 0-d array 1-d.
+        return cp.asarray(np.asarray(array, dtype=dtype, order="C"))
 
     def to_numpy(self, array):
         """Copy a GPU array to the host."""
@@ -69,12 +73,13 @@ class CupyBackend(Backend):
     # ---- kernels ----------------------------------------------------------------
 
     def _kernel(self, dtype, name):
-        dtype = np.dtype(dtype)
-        if dtype not in self._modules:
-            module = cp.RawModule(code=cuda_general_sources.source_for(dtype), options=("-std=c++14",))
-            self._modules[dtype] = {kernel: module.get_function(kernel)
-                                    for kernel in cuda_general_sources.ALL_KERNEL_NAMES}
-        return self._modules[dtype][name]
+        key = (np.dtype(dtype), name)
+        if key not in self._kernels:
+            if self._module is None:
+                self._module = cp.RawModule(code=sources.module_source(), options=("-std=c++14",),
+                                            name_expressions=sources.name_expressions())
+            self._kernels[key] = self._module.get_function(sources.name_expression(name, dtype))
+        return self._kernels[key]
 
     def _launch(self, dtype, name, total, args):
         """One thread per element over ``total`` elements (grid-stride beyond the grid)."""
@@ -85,7 +90,7 @@ class CupyBackend(Backend):
     def _launch_blocks(self, dtype, name, blocks, args):
         """One block (of the kernels' fixed REDUCE_THREADS) per reduced element."""
         if blocks > 0:
-            self._kernel(dtype, name)((blocks,), (cuda_sources.REDUCE_THREADS,), args)
+            self._kernel(dtype, name)((blocks,), (_REDUCE_THREADS,), args)
 
     # ---- conv2d ----------------------------------------------------------------
 
@@ -287,7 +292,7 @@ class CupyBackend(Backend):
         if reduction == "none":
             return row_loss, (probs, coefficients, None)
         loss, divisor = cp.empty((), dtype), cp.empty((), dtype)
-        self._kernel(dtype, "cross_entropy_reduce")((1,), (cuda_sources.REDUCE_THREADS,), (
+        self._kernel(dtype, "cross_entropy_reduce")((1,), (_REDUCE_THREADS,), (
             row_loss, row_denominator, loss, divisor, np.int32(rows), np.int32(reduction == "mean")))
         return loss, (probs, coefficients, divisor)
 
@@ -352,6 +357,13 @@ def _ints(*values):
 
 
 def create():
+    if EMULATED:
+        from scratchnet.backends.cupy.emulator.compiler import CompilerError, compiler
+
+        try:
+            compiler()
+        except CompilerError as exc:
+            raise BackendError(str(exc)) from None
     try:
         devices = cp.cuda.runtime.getDeviceCount()
     except (RuntimeError, OSError) as exc:

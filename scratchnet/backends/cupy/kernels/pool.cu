@@ -1,0 +1,110 @@
+// 2-D max-pool: the tutorial's geometry (square kernel and stride, no padding or dilation) and the
+// general one (any kernel, stride, padding, dilation, ceil mode). Indices are flat h * W + w per plane.
+#include "common.cuh"
+
+// Like torch: a later element replaces the running max only when strictly greater (or NaN).
+template <typename real>
+__global__ void max_pool2d_forward(
+    const real* __restrict__ x, real* __restrict__ y, long long* __restrict__ indices,
+    long long planes, int h, int w, int oh, int ow, int kernel, int stride)
+{
+    const long long total = planes * oh * ow;
+    FOR_EACH_INDEX(i, total) {
+        const PlaneIndex out(i, oh, ow);
+        const real* plane = x + out.plane * h * w;
+        int best_index = out.row * stride * w + out.col * stride;
+        real best = plane[best_index];
+        for (int ki = 0; ki < kernel; ++ki) {
+            for (int kj = 0; kj < kernel; ++kj) {
+                const int index = (out.row * stride + ki) * w + out.col * stride + kj;
+                const real value = plane[index];
+                if (value > best || isnan(value)) { best = value; best_index = index; }
+            }
+        }
+        y[i] = best;
+        indices[i] = best_index;
+    }
+}
+
+// Each input pixel sums the gradients of the windows that contain it and chose it.
+template <typename real>
+__global__ void max_pool2d_backward(
+    const real* __restrict__ grad_y, const long long* __restrict__ indices, real* __restrict__ grad_x,
+    long long planes, int h, int w, int oh, int ow, int kernel, int stride)
+{
+    const long long total = planes * h * w;
+    FOR_EACH_INDEX(i, total) {
+        const PlaneIndex in(i, h, w);
+        const long long first = in.plane * oh * ow;
+        const int self = in.row * w + in.col;
+        // Windows row*stride <= in.row < row*stride + kernel, inside the output.
+        const int row_lo = in.row >= kernel ? (in.row - kernel) / stride + 1 : 0;
+        const int row_hi = min(oh - 1, in.row / stride);
+        const int col_lo = in.col >= kernel ? (in.col - kernel) / stride + 1 : 0;
+        const int col_hi = min(ow - 1, in.col / stride);
+        real acc = 0;
+        for (int row = row_lo; row <= row_hi; ++row) {
+            for (int col = col_lo; col <= col_hi; ++col) {
+                const long long out = first + (long long)row * ow + col;
+                if (indices[out] == self) acc += grad_y[out];
+            }
+        }
+        grad_x[i] = acc;
+    }
+}
+
+// torch's scan: a strictly greater value or a NaN takes over; the window starts on its first tap inside the input.
+template <typename real>
+__global__ void max_pool2d_forward_general(
+    const real* __restrict__ x, real* __restrict__ y, long long* __restrict__ indices,
+    long long planes, int h, int w, int oh, int ow, int kernel_h, int kernel_w, int stride_h, int stride_w,
+    int pad_h, int pad_w, int dilation_h, int dilation_w)
+{
+    const long long total = planes * oh * ow;
+    FOR_EACH_INDEX(i, total) {
+        const PlaneIndex out(i, oh, ow);
+        const real* plane = x + out.plane * h * w;
+        int y0 = out.row * stride_h - pad_h, x0 = out.col * stride_w - pad_w;
+        while (y0 < 0) y0 += dilation_h;
+        while (x0 < 0) x0 += dilation_w;
+        const int y1 = min(out.row * stride_h - pad_h + (kernel_h - 1) * dilation_h + 1, h);
+        const int x1 = min(out.col * stride_w - pad_w + (kernel_w - 1) * dilation_w + 1, w);
+        int best_index = y0 * w + x0;
+        real best = -INFINITY;
+        for (int iy = y0; iy < y1; iy += dilation_h) {
+            for (int ix = x0; ix < x1; ix += dilation_w) {
+                const real value = plane[iy * w + ix];
+                if (value > best || isnan(value)) { best = value; best_index = iy * w + ix; }
+            }
+        }
+        y[i] = best;
+        indices[i] = best_index;
+    }
+}
+
+// Each input pixel sums the gradients of the windows that contain it and chose it.
+template <typename real>
+__global__ void max_pool2d_backward_general(
+    const real* __restrict__ grad_y, const long long* __restrict__ indices, real* __restrict__ grad_x,
+    long long planes, int h, int w, int oh, int ow, int kernel_h, int kernel_w, int stride_h, int stride_w,
+    int pad_h, int pad_w, int dilation_h, int dilation_w)
+{
+    const long long total = planes * h * w;
+    FOR_EACH_INDEX(i, total) {
+        const PlaneIndex in(i, h, w);
+        const long long first = in.plane * oh * ow;
+        const int self = in.row * w + in.col;
+        real acc = 0;
+        for (int ki = 0; ki < kernel_h; ++ki) {
+            const int row_step = in.row + pad_h - ki * dilation_h;
+            if (row_step < 0 || row_step % stride_h || row_step / stride_h >= oh) continue;
+            for (int kj = 0; kj < kernel_w; ++kj) {
+                const int col_step = in.col + pad_w - kj * dilation_w;
+                if (col_step < 0 || col_step % stride_w || col_step / stride_w >= ow) continue;
+                const long long out = first + (long long)(row_step / stride_h) * ow + col_step / stride_w;
+                if (indices[out] == self) acc += grad_y[out];
+            }
+        }
+        grad_x[i] = acc;
+    }
+}

@@ -1,0 +1,101 @@
+"""Plants realistic bugs in the CUDA sources and the cupy backend's glue, one at a time, and checks that
+the test suite, on the emulated device, catches each one.
+
+    python tests/plant_bugs.py [NAME ...]
+
+Each bug is an exact text replacement in one file (restored afterwards, whatever happens); its tests
+run with the cupy backend on the emulated device and must fail. Prints one line per bug (caught or
+MISSED, and the first failing test) and exits non-zero if any bug was missed.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KERNELS = "scratchnet/backends/cupy/kernels/"
+BACKEND = "scratchnet/backends/cupy/backend.py"
+OPS = ["tests/test_ops.py", "tests/test_conv2d_features.py", "tests/test_max_pool2d_features.py",
+       "tests/test_linear_relu_features.py", "tests/test_cross_entropy_features.py", "tests/test_cupy_backend.py"]
+
+# name: (file, text, replacement, tests)
+BUGS = {
+    "conv forward: off-by-one in the column bound": (
+        KERNELS + "conv.cu", "if (ix < 0 || ix >= w) continue;\n                    acc += plane[(long long)iy * w + ix] "
+        "* taps[ki * kw + kj];\n                }\n            }\n        }\n        y[i] = has_bias ? acc + bias[out.ch] : acc;"
+        "\n    }\n}\n\n// grad_x[n, c, y, x] = sum over (kh, kw, o)",
+        "if (ix < 0 || ix > w) continue;\n                    acc += plane[(long long)iy * w + ix] "
+        "* taps[ki * kw + kj];\n                }\n            }\n        }\n        y[i] = has_bias ? acc + bias[out.ch] : acc;"
+        "\n    }\n}\n\n// grad_x[n, c, y, x] = sum over (kh, kw, o)", OPS),
+    "conv input gradient: weight read with O and C strides swapped": (
+        KERNELS + "conv.cu", "* weight[(((long long)out_ch * c + in.ch) * kh + ki) * kw + kj];",
+        "* weight[(((long long)in.ch * o + out_ch) * kh + ki) * kw + kj];", OPS),
+    "conv weight gradient: the tap's row used for its column": (
+        KERNELS + "conv.cu", "const int ix = (spot % ow) * stride - pad + tap.col;",
+        "const int ix = (spot % ow) * stride - pad + tap.row;", OPS),
+    "im2col: the bias row of ones written as zeros": (
+        KERNELS + "conv.cu", "if (tap == taps) { cols[i] = 1; continue; }", "if (tap == taps) { cols[i] = 0; continue; }",
+        ["tests/test_cupy_backend.py"]),
+    "block reduction: a missing __syncthreads() in the tree": (
+        KERNELS + "common.cuh",
+        "partial[threadIdx.x] += partial[threadIdx.x + half];\n        __syncthreads();",
+        "partial[threadIdx.x] += partial[threadIdx.x + half];", OPS),
+    "max-pool forward: ties go to the last element": (
+        KERNELS + "pool.cu", "if (value > best || isnan(value)) { best = value; best_index = index; }",
+        "if (value >= best || isnan(value)) { best = value; best_index = index; }", OPS),
+    "max-pool backward: the output plane strided by the input's size": (
+        KERNELS + "pool.cu", "const long long first = in.plane * oh * ow;\n        const int self = in.row * w + in.col;\n"
+        "        // Windows", "const long long first = in.plane * h * w;\n        const int self = in.row * w + in.col;\n"
+        "        // Windows", OPS),
+    "dense product: b read with its column stride for rows": (
+        KERNELS + "dense.cu", "acc += a_r[k * a_col] * b_j[k * b_row];", "acc += a_r[k * a_col] * b_j[k * b_col];", OPS),
+    "ReLU backward: the gradient passes at zero": (
+        KERNELS + "activation.cu", "grad_x[i] = y[i] <= (real)0 ? (real)0 : grad_y[i];",
+        "grad_x[i] = y[i] < (real)0 ? (real)0 : grad_y[i];", OPS),
+    "cross-entropy: the weighted mean divided by the row count": (
+        KERNELS + "loss.cu", "divisor[0] = mean ? denominator : (real)1;", "divisor[0] = mean ? (real)rows : (real)1;",
+        OPS),
+    "glue: ignore_index passed as int32 to a long long parameter": (
+        BACKEND, "*_ints(rows, classes), np.int64(ignore_index),", "*_ints(rows, classes), np.int32(ignore_index),", OPS),
+    "glue: SGD's learning rate passed as a Python float (a double) to a float kernel": (
+        BACKEND, "param, grad, buf, np.int64(param.size), real(lr),", "param, grad, buf, np.int64(param.size), lr,",
+        ["tests/test_optim.py", "tests/test_training_parity.py"]),
+    "glue: block reductions launched with the element-wise block size": (
+        BACKEND, "self._kernel(dtype, name)((blocks,), (_REDUCE_THREADS,), args)",
+        "self._kernel(dtype, name)((blocks,), (_THREADS,), args)", OPS),
+    "graph replay: the new batch's labels not copied in": (
+        "scratchnet/backends/cupy/graph.py", "        cupy.copyto(self._labels, labels)\n", "",
+        ["tests/test_cupy_backend.py", "tests/test_compile_step.py"]),
+}
+
+
+def plant_and_test(name):
+    path, text, replacement, tests = BUGS[name]
+    file = REPO / path
+    original = file.read_text()
+    if original.count(text) != 1:
+        raise SystemExit(f"{name}: the text to replace occurs {original.count(text)} times in {path}, not once")
+    try:
+        file.write_text(original.replace(text, replacement))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", "cupy", *tests],
+            cwd=REPO, capture_output=True, text=True, env={**os.environ, "SCRATCHNET_CUDA_EMULATOR": "1"})
+    finally:
+        file.write_text(original)
+    failed = re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
+    return result.returncode == 1 and bool(failed), failed[0] if failed else result.stdout.strip().splitlines()[-1]
+
+
+def main(names):
+    missed = 0
+    for name in names or BUGS:
+        caught, evidence = plant_and_test(name)
+        missed += not caught
+        print(f"{'caught' if caught else 'MISSED'}  {name}  <-  {evidence}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
