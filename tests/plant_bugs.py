@@ -57,8 +57,14 @@ BUGS = {
     "cross-entropy: the weighted mean divided by the row count": (
         KERNELS + "loss.cu", "divisor[0] = mean ? denominator : (real)1;", "divisor[0] = mean ? (real)rows : (real)1;",
         OPS),
+    # -100 as int32 in a long long slot reads 2**32 - 100: the ignored row writes outside its row, which
+    # only AddressSanitizer sees (the row's loss and the garbage weight it reads barely move the mean).
     "glue: ignore_index passed as int32 to a long long parameter": (
-        BACKEND, "*_ints(rows, classes), np.int64(ignore_index),", "*_ints(rows, classes), np.int32(ignore_index),", OPS),
+        BACKEND, "*_ints(rows, classes), np.int64(ignore_index),", "*_ints(rows, classes), np.int32(ignore_index),",
+        ["tests/test_cuda_emulator.py"]),
+    "glue: label smoothing passed as a Python float (a double) to a float kernel": (
+        BACKEND, "dtype.type(label_smoothing), np.int32(probabilities)", "label_smoothing, np.int32(probabilities)",
+        OPS),
     "glue: SGD's learning rate passed as a Python float (a double) to a float kernel": (
         BACKEND, "param, grad, buf, np.int64(param.size), real(lr),", "param, grad, buf, np.int64(param.size), lr,",
         ["tests/test_optim.py", "tests/test_training_parity.py"]),
@@ -80,12 +86,14 @@ def plant_and_test(name):
     try:
         file.write_text(original.replace(text, replacement))
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", "cupy", *tests],
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", "cupy or sanitizer", *tests],
             cwd=REPO, capture_output=True, text=True, env={**os.environ, "SCRATCHNET_CUDA_EMULATOR": "1"})
     finally:
         file.write_text(original)
     failed = re.findall(r"^FAILED (\S+)", result.stdout, re.MULTILINE)
-    return result.returncode == 1 and bool(failed), failed[0] if failed else result.stdout.strip().splitlines()[-1]
+    if result.returncode < 0:  # the test process died, as a faulting GPU launch ends its process: caught
+        return True, f"the test process died of signal {-result.returncode}"
+    return result.returncode == 1 and bool(failed), failed[0] if failed else (result.stdout.strip() or "?").splitlines()[-1]
 
 
 def main(names):
