@@ -5,6 +5,27 @@
 // GEMM also yields the bias gradient.
 #include "common.cuh"
 
+// One output's sum over its window: `channels` input planes from `plane` against their taps from `taps`,
+// the window's first row and column at (row0, col0), taps `dilation` apart; positions outside are zeros.
+template <typename real>
+__device__ real window_sum(const real* plane, const real* taps, int channels, int h, int w, int kh, int kw,
+                           int row0, int col0, int dilation_h, int dilation_w)
+{
+    real acc = 0;
+    for (int ch = 0; ch < channels; ++ch, plane += (long long)h * w, taps += kh * kw) {
+        for (int ki = 0; ki < kh; ++ki) {
+            const int iy = row0 + ki * dilation_h;
+            if (iy < 0 || iy >= h) continue;
+            for (int kj = 0; kj < kw; ++kj) {
+                const int ix = col0 + kj * dilation_w;
+                if (ix < 0 || ix >= w) continue;
+                acc += plane[(long long)iy * w + ix] * taps[ki * kw + kj];
+            }
+        }
+    }
+    return acc;
+}
+
 // ---- direct kernels: square stride, the same padding on every side, no dilation, one group ----
 
 template <typename real>
@@ -16,20 +37,8 @@ __global__ void conv2d_forward_direct(
     const long long total = (long long)n * o * oh * ow;
     FOR_EACH_INDEX(i, total) {
         const NchwIndex out(i, o, oh, ow);
-        real acc = 0;
-        for (int ch = 0; ch < c; ++ch) {
-            const real* plane = x + ((long long)out.img * c + ch) * h * w;
-            const real* taps = weight + ((long long)out.ch * c + ch) * kh * kw;
-            for (int ki = 0; ki < kh; ++ki) {
-                const int iy = out.row * stride - pad + ki;
-                if (iy < 0 || iy >= h) continue;
-                for (int kj = 0; kj < kw; ++kj) {
-                    const int ix = out.col * stride - pad + kj;
-                    if (ix < 0 || ix >= w) continue;
-                    acc += plane[(long long)iy * w + ix] * taps[ki * kw + kj];
-                }
-            }
-        }
+        const real acc = window_sum(x + (long long)out.img * c * h * w, weight + (long long)out.ch * c * kh * kw,
+                                    c, h, w, kh, kw, out.row * stride - pad, out.col * stride - pad, 1, 1);
         y[i] = has_bias ? acc + bias[out.ch] : acc;
     }
 }
@@ -189,20 +198,9 @@ __global__ void conv2d_forward_general(
     FOR_EACH_INDEX(i, total) {
         const NchwIndex out(i, o, oh, ow);
         const int first_c = (out.ch / group_o) * group_c;
-        real acc = 0;
-        for (int ch = 0; ch < group_c; ++ch) {
-            const real* plane = x + ((long long)out.img * c + first_c + ch) * h * w;
-            const real* taps = weight + ((long long)out.ch * group_c + ch) * kh * kw;
-            for (int ki = 0; ki < kh; ++ki) {
-                const int iy = out.row * stride_h - pad_top + ki * dilation_h;
-                if (iy < 0 || iy >= h) continue;
-                for (int kj = 0; kj < kw; ++kj) {
-                    const int ix = out.col * stride_w - pad_left + kj * dilation_w;
-                    if (ix < 0 || ix >= w) continue;
-                    acc += plane[(long long)iy * w + ix] * taps[ki * kw + kj];
-                }
-            }
-        }
+        const real acc = window_sum(x + ((long long)out.img * c + first_c) * h * w,
+                                    weight + (long long)out.ch * group_c * kh * kw, group_c, h, w, kh, kw,
+                                    out.row * stride_h - pad_top, out.col * stride_w - pad_left, dilation_h, dilation_w);
         y[i] = has_bias ? acc + bias[out.ch] : acc;
     }
 }
