@@ -9,6 +9,7 @@ results allocated from the shape and dtype NumPy gives for zero-stride stand-ins
 """
 
 import operator
+import types
 
 import numpy as np
 
@@ -338,6 +339,8 @@ def get_array_module(*args):
 def numpy_function(name):
     """Any other NumPy name: dtypes and constants as they are, functions as device work."""
     value = getattr(np, name)
+    if isinstance(value, types.ModuleType):  # np.random, np.linalg...: host arrays, so not emulated
+        raise AttributeError(f"the emulated device has no cupy.{name}")
     if isinstance(value, type) or not callable(value):
         return value
     return lambda *args, **kwargs: _device_call(value, args, kwargs)
