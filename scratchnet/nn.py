@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from scratchnet import backends, functional
+from scratchnet import nn_utils as utils  # noqa: F401 -- torch's nn.utils: scratchnet.nn.utils.clip_grad_norm_
 from scratchnet.backends.base import check_class_indices
 from scratchnet.random import default_generator
 

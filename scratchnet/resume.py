@@ -2,10 +2,12 @@
 
 ``checkpoint.npz`` beside the weights holds plain arrays only (read with
 ``allow_pickle=False`` through ``checkpoint.load``, which checks every header before
-allocating): the parameters (``param/<name>``), SGD's momentum buffers
-(``momentum/<index>``), the losses of the epoch in progress, and one JSON record
-(``record``: epoch, step, loss curve, per-epoch losses, the shuffle generator's state
-at the start of the epoch, and the run's flags, seed and versions). Restoring all of
+allocating): the parameters (``param/<name>``), the optimizer's per-parameter arrays
+(``optimizer/<index>/<name>``, as its ``state_dict``; runs saved before that wrote SGD's
+momentum buffers as ``momentum/<index>``), the losses of the epoch in progress, and one JSON
+record (``record``: epoch, step, loss curve, per-epoch losses, the shuffle generator's state
+at the start of the epoch, the optimizer's parameter groups and scalar state, and the run's
+flags, seed and versions). Restoring all of
 it makes the rest of the run bit-identical to one that was never interrupted.
 """
 
@@ -44,11 +46,18 @@ class TrainingState:
 def save(path, net, optimizer, state, run):
     """Write ``state``, ``net``'s parameters, ``optimizer``'s buffers and the ``run`` record to ``path`` atomically."""
     arrays = {f"param/{name}": value for name, value in net.state_dict().items()}
-    buffers = optimizer.state_dict()["momentum_buffers"]
-    arrays.update({f"momentum/{index}": buf for index, buf in enumerate(buffers or [])})
+    optimizer_state = optimizer.state_dict()
+    scalars = {}
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, np.ndarray):
+                arrays[f"optimizer/{index}/{name}"] = value
+            else:
+                scalars[f"{index}/{name}"] = value
     arrays["epoch_step_losses"] = np.asarray(state.epoch_step_losses, dtype=np.float64)
     record = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "loss_curve": state.loss_curve,
-              "epoch_losses": state.epoch_losses, "order_state": state.order_state, "run": run}
+              "epoch_losses": state.epoch_losses, "order_state": state.order_state, "run": run,
+              "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars}}
     text = json.dumps(record, allow_nan=False)  # what reaches a checkpoint is finite: fit stops at a NaN first
     arrays[_RECORD] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     checkpoint.save_npz(path, arrays)
@@ -90,8 +99,7 @@ def restore(path, record, arrays, net, optimizer, loader):
     names = [name for name, _ in net.named_parameters()]
     try:
         net.load_state_dict({name: _finite(path, f"param/{name}", arrays) for name in names})
-        buffers = [arrays[f"momentum/{index}"] for index in range(len(names))] if "momentum/0" in arrays else None
-        optimizer.load_state_dict({"momentum_buffers": buffers})
+        optimizer.load_state_dict(_optimizer_state(path, record, arrays, optimizer))
         losses = _finite(path, "epoch_step_losses", arrays)
         if losses.shape != (record["step"],):
             raise ValueError(f"{losses.size} losses saved for step {record['step']}")
@@ -103,6 +111,25 @@ def restore(path, record, arrays, net, optimizer, loader):
     except (KeyError, ValueError, TypeError) as exc:
         message = exc.args[0] if exc.args else exc
         raise ResumeError(f"cannot resume from {path}: it does not fit this run ({message})") from None
+
+
+def _optimizer_state(path, record, arrays, optimizer):
+    """The optimizer's ``state_dict`` as saved (or, from a run saved before, its SGD momentum buffers)."""
+    saved = record.get("optimizer", {"param_groups": optimizer.state_dict()["param_groups"], "scalars": {}})
+    state = {}
+    for name in arrays:
+        parts = name.split("/")
+        if parts[0] == "optimizer" and len(parts) == 3:
+            state.setdefault(int(parts[1]), {})[parts[2]] = _finite(path, name, arrays)
+        elif parts[0] == "momentum" and len(parts) == 2:
+            state.setdefault(int(parts[1]), {})["momentum_buffer"] = _finite(path, name, arrays)
+    for key, value in saved["scalars"].items():
+        index, name = key.split("/")
+        state.setdefault(int(index), {})[name] = float(value)
+    # JSON has no tuples: options saved as lists (Adam's betas) come back as the tuples torch keeps.
+    groups = [{key: tuple(value) if isinstance(value, list) and key != "params" else value
+               for key, value in group.items()} for group in saved["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 def _finite(path, name, arrays):

@@ -179,6 +179,18 @@ class Backend:
         """
         raise NotImplementedError
 
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
+                  step_size, bias_correction2_sqrt, maximize):
+        """One torch.optim.Adam update, in place on ``param`` and the moments, in ``param``'s dtype.
+
+        ``g`` is the gradient (negated with ``maximize``) plus ``weight_decay * param`` (Adam's L2 term);
+        ``param`` is first scaled by ``decay`` (AdamW's ``1 - lr*weight_decay``); ``exp_avg`` moves toward
+        ``g`` by ``1 - beta1`` as torch's lerp, ``exp_avg_sq = beta2*exp_avg_sq + (1 - beta2)*g*g``; with
+        ``max_exp_avg_sq`` (amsgrad) the running maximum of ``exp_avg_sq`` is used. Then
+        ``param -= step_size * exp_avg / (sqrt(second moment) / bias_correction2_sqrt + eps)``.
+        """
+        raise NotImplementedError
+
     def sgd_steps(self, params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first):
         """``sgd_step`` on each (param, grad, buf) of three equal-length lists; a backend may
         fuse them into one call, as per-call overhead dominates small networks."""

@@ -189,6 +189,27 @@ class NumpyBackend(Backend):
         param -= lr * d_p
 
 
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
+                  step_size, bias_correction2_sqrt, maximize):
+        real = param.dtype.type  # torch casts each scalar to the parameter's dtype, then computes in it
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = g + real(weight_decay) * param
+        if decay != 1:
+            param *= real(decay)
+        weight = real(1 - beta1)
+        if weight < 0.5:  # torch's lerp, exact at both ends
+            exp_avg += weight * (g - exp_avg)
+        else:
+            exp_avg[...] = g - (g - exp_avg) * (1 - weight)
+        exp_avg_sq *= real(beta2)
+        exp_avg_sq += real(1 - beta2) * g * g
+        second = exp_avg_sq
+        if max_exp_avg_sq is not None:
+            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
+        param += real(-step_size) * exp_avg / (np.sqrt(second) / real(bias_correction2_sqrt) + real(eps))
+
 def _windows(padded, kernel, stride, dilation, out_hw):
     """A read-only (N, C, KH, KW, OH, OW) view of every receptive field, without copying."""
     n, c, _, _ = padded.shape

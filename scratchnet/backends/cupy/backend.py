@@ -319,6 +319,16 @@ class CupyBackend(Backend):
             param, grad, buf, np.int64(param.size), real(lr), real(momentum), real(1 - dampening),
             real(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))
 
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
+                  step_size, bias_correction2_sqrt, maximize):
+        """In place, so the arrays must be contiguous (parameters, gradients and the state are)."""
+        real = param.dtype.type
+        amsgrad = max_exp_avg_sq is not None
+        self._launch(param.dtype, "adam_step", param.size, (
+            param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else exp_avg_sq, np.int64(param.size),
+            real(weight_decay), real(decay), real(1 - beta1), real(beta2), real(1 - beta2), real(eps),
+            real(-step_size), real(bias_correction2_sqrt), np.int32(amsgrad), np.int32(bool(maximize))))
+
     # ---- the training step ---------------------------------------------------------------
 
     def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 
 from scratchnet.backends.base import conv2d_output_hw, conv_output_size, max_pool2d_output_hw
-from scratchnet.backends.numba import conv, dense, general, layout, loss_sgd, pooling
+from scratchnet.backends.numba import adam, conv, dense, general, layout, loss_sgd, pooling
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.backends.numpy_backend import NumpyBackend
 
@@ -220,6 +220,13 @@ class NumbaBackend(NumpyBackend):
             return super().sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first)
         loss_sgd.sgd_steps(self._flat(params), self._flat(grads), self._flat(bufs), lr, momentum, dampening,
                            weight_decay, nesterov, first)
+
+    def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
+                  step_size, bias_correction2_sqrt, maximize):
+        flat = [array.reshape(-1) for array in (param, grad, exp_avg, exp_avg_sq)]  # contiguous: views
+        amsgrad = max_exp_avg_sq is not None
+        adam.adam_step(*flat, max_exp_avg_sq.reshape(-1) if amsgrad else flat[3], amsgrad, weight_decay, decay, beta1,
+                       beta2, eps, step_size, bias_correction2_sqrt, maximize)
 
     # ---- the training step ---------------------------------------------------------------
 
