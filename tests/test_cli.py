@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cifar_fakes import MarkerPayload
-from scratchnet import backends, checkpoint, data
+from scratchnet import backends, checkpoint, cli, data
 from scratchnet.models import Net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,8 +20,10 @@ SLICE = ["--limit-train", "400", "--limit-test", "100", "--log-every", "25", "--
 PLOTS = ("samples.png", "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
 
 
-def run_cli(module, *args, cwd=None):
+def run_cli(module, *args, cwd=None, unset=()):
+    """Run ``python -m module args`` in a subprocess; ``unset`` names environment variables it does not see."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    env = {name: value for name, value in env.items() if name not in unset}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -117,6 +119,23 @@ def test_evaluate_reads_either_framework_weights(which, scratchnet_run, referenc
     trained = result.stdout.splitlines()
     test_report = trained[trained.index("Finished Training") + 1:trained.index("Finished Training") + 14]
     assert evaluation.stdout.splitlines() == test_report  # same weights, same predictions, same report
+
+
+@pytest.mark.parametrize("given", ["run folder", "weights file"])
+def test_evaluate_finds_the_weights_and_the_data_of_a_run(given, scratchnet_run, tmp_path):
+    result, out = scratchnet_run
+    weights = out if given == "run folder" else out / "cifar_net.npz"
+    # Neither --data, $SCRATCHNET_DATA nor ./data holds CIFAR-10 here: the data folder is the one the run recorded.
+    evaluation = run_cli("scratchnet.evaluate", "--weights", weights, "--backend", "numpy", "--limit-test", "100",
+                         cwd=tmp_path, unset=[cli.DATA_ENV])
+    assert evaluation.returncode == 0, evaluation.stderr
+    trained = result.stdout.splitlines()
+    assert evaluation.stdout.splitlines() == trained[trained.index("Finished Training") + 1:][:13]
+
+
+def test_evaluate_of_a_folder_without_weights_says_what_to_give(tmp_path):
+    result = run_cli("scratchnet.evaluate", "--weights", tmp_path, "--backend", "numpy", cwd=tmp_path)
+    assert_one_line_error(result, str(tmp_path), "cifar_net.npz", "give a run folder or a weights file")
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(data_root, tmp_path):
