@@ -140,9 +140,13 @@ def main(argv=None):
                          f"(or start one process)")
         with cli.one_line_errors(parser.prog, *expected):
             if args.resume is not None:
-                args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
+                args, next_epoch = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
                 if args.distributed:
                     parser.error(f"{args.resume} holds a data-parallel run, which --resume cannot continue")
+                if next_epoch > args.epochs:  # finished: nothing to train, and its folder stays as it is
+                    print(f"{args.resume} is a finished run ({args.epochs} of {args.epochs} epochs); nothing to do. "
+                          f"To train it further pass --epochs N with N > {args.epochs}")
+                    return
             _check_memory(parser, args.width)
             run(args, distributed.SingleProcess())
         return
@@ -156,21 +160,33 @@ def main(argv=None):
 
 
 def _flags_of_resumed_run(args, given):
-    """``args`` with the run's own flags from its checkpoint; a flag given that differs is refused."""
+    """``args`` with the run's own flags from its checkpoint, and the epoch it continues at.
+
+    A flag given that differs is refused, except a larger ``--epochs``: a run, finished
+    or not, continues for more epochs as if it had been started with that many.
+    """
     if args.overwrite:
         raise resume.ResumeError("--resume continues a run and --overwrite replaces it: pass one of them")
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise resume.ResumeError(f"--out {args.out} differs from --resume {args.resume}: a run resumes in its folder")
-    record, _ = resume.read(os.path.join(args.resume, resume.STATE_FILE))
+    path = os.path.join(args.resume, resume.STATE_FILE)
+    record, _ = resume.read(path)
     saved = record["run"]["args"]
+    epochs = saved.get("epochs")
+    # Past the last epoch is where a finished run stands, at step 0: anything further is damage.
+    if not isinstance(epochs, int) or (record["epoch"], record["step"]) > (epochs + 1, 0):
+        raise resume.ResumeError(f"cannot resume from {path}: epoch {record['epoch']}, step {record['step']} "
+                                 f"does not fit a run of {epochs!r} epochs")
     for dest in RUN_FLAGS:
+        if dest == "epochs" and "epochs" in given and args.epochs > epochs:
+            continue
         if dest in given and getattr(args, dest) != saved.get(dest):
             flag = "--no-cuda-graph" if dest == "cuda_graph" else "--" + dest.replace("_", "-")
             raise resume.ResumeError(f"{flag} {getattr(args, dest)} conflicts with the resumed run's "
                                      f"{saved.get(dest)!r}; a resumed run keeps its flags (drop {flag})")
         setattr(args, dest, saved.get(dest, getattr(args, dest)))  # a flag older records lack keeps its default
     args.out = args.resume
-    return args
+    return args, record["epoch"]
 
 
 def _check_memory(parser, width):
