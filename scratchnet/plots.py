@@ -75,15 +75,22 @@ def sample_grid(images, labels, predictions, classes):
 
 
 def loss_curve(metrics):
-    """Training loss: the logged window means over mini-batches, and each epoch's mean."""
+    """Training loss: the logged window means over mini-batches, and each epoch's mean.
+
+    An epoch's mean is drawn across the epoch it averages (not as a point at its end,
+    where the loss has fallen below it and the mean would read as an outlier).
+    """
     figure = _figure(figsize=(6, 4))
     axes = figure.add_subplot()
-    steps_per_epoch = metrics["data"]["train_images"] / metrics["config"]["batch_size"]
+    steps_per_epoch = metrics["data"]["steps_per_epoch"]  # of the global batch, in a data-parallel run
     points = metrics["loss_curve"]
     if points:
         axes.plot([p["global_step"] for p in points], [p["loss"] for p in points], marker=".", label="window mean")
-    epochs = metrics["epoch_losses"]
-    axes.plot([steps_per_epoch * (e + 1) for e in range(len(epochs))], epochs, "o", label="epoch mean")
+    spans_x, spans_y = [], []
+    for epoch, loss in enumerate(metrics["epoch_losses"]):
+        spans_x += [epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch, np.nan]
+        spans_y += [loss, loss, np.nan]
+    axes.plot(spans_x, spans_y, color="tab:orange", linewidth=2, label="epoch mean (over the epoch)")
     axes.set_xlabel("mini-batch")
     axes.set_ylabel("cross-entropy loss")
     axes.set_title(f"Training loss ({metrics['framework']}, {metrics['backend']})")
@@ -99,12 +106,15 @@ def per_class_accuracy(metrics):
     names = list(metrics["per_class_accuracy"])
     values = [v if v is not None else 0.0 for v in metrics["per_class_accuracy"].values()]
     bars = axes.bar(names, values, color="tab:blue")
-    axes.bar_label(bars, fmt="%.0f", fontsize=8)
-    axes.axhline(metrics["accuracy"], color="tab:red", linestyle="--", label=f"overall {metrics['accuracy']:.1f} %")
+    # Whole percents cut down, as the printout's "Accuracy of cat : 52 %" (52.9 %) shows them.
+    axes.bar_label(bars, labels=[str(int(value)) for value in values], fontsize=8)
+    overall = 100 * metrics["correct"] // metrics["total"]
+    axes.axhline(metrics["accuracy"], color="tab:red", linestyle="--", label=f"overall {overall} %")
     axes.set_ylim(0, 100)
     axes.set_ylabel("test accuracy (%)")
-    axes.set_title(f"Per-class accuracy ({metrics['total']} test images)")
-    axes.legend(loc="lower right")
+    axes.set_title(f"Per-class accuracy ({metrics['total']} test images)", loc="left")
+    # Above the axes, beside the title: inside them it would cover bars of any height.
+    axes.legend(loc="lower right", bbox_to_anchor=(1, 1), frameon=False, borderaxespad=0.2)
     figure.tight_layout()
     return figure
 
