@@ -38,6 +38,24 @@ def atomic_open(path, mode="wb"):
             os.remove(temporary)
 
 
+def missing_folders(path):
+    """``path`` and those of its ancestors that do not exist yet, deepest first: what creating ``path`` creates."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove ``folders`` in order (as ``missing_folders`` lists them), stopping at the first one not empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # it holds something (or is gone): it and its ancestors stay
+            return
+
+
 def _naming(error, path):
     """``error`` as an OSError that names ``path`` (the file being written), when it names no file itself.
 

@@ -20,10 +20,11 @@ SLICE = ["--limit-train", "400", "--limit-test", "100", "--log-every", "25", "--
 PLOTS = ("samples.png", "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
 
 
-def run_cli(module, *args, cwd=None, unset=()):
-    """Run ``python -m module args`` in a subprocess; ``unset`` names environment variables it does not see."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
-    env = {name: value for name, value in env.items() if name not in unset}
+def run_cli(module, *args, cwd=None, unset=(), env=None):
+    """Run ``python -m module args`` in a subprocess, with ``env`` added to the environment and ``unset`` taken away."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = {name: value for name, value in {**os.environ, "PYTHONPATH": path, **(env or {})}.items()
+           if name not in unset}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -41,7 +42,8 @@ def assert_one_line_error(result, *phrases):
 @pytest.fixture(scope="module")
 def scratchnet_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("scratchnet") / "run"
-    result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, *SLICE)
+    notices = {data.NOTICES_ENV: str(tmp_path_factory.mktemp("cache"))}  # not said yet to this "user"
+    result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, *SLICE, env=notices)
     assert result.returncode == 0, result.stderr
     return result, out
 

@@ -3,10 +3,12 @@
 import errno
 import fcntl
 import os
+import urllib.error
+import urllib.request
 
 import pytest
 
-from scratchnet import runs
+from scratchnet import cli, runs
 from test_resume import SMALL, train_in_process
 
 
@@ -76,6 +78,18 @@ def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
     code, _, stderr = train_in_process("--backend", "numpy", "--data", tmp_path / "no-data", "--out", tmp_path / "r")
     assert_refused(code, stderr, "CIFAR-10 not found")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_download_leaves_no_empty_data_or_runs_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv(cli.DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = train_in_process("--backend", "numpy", "--download")
+    assert_refused(code, stderr, "could not download", "no network")
+    assert os.listdir(tmp_path) == []  # neither data/ nor runs/
 
 
 def test_the_lock_is_an_exclusive_flock(tmp_path):
