@@ -269,8 +269,9 @@ def _train_and_test(args, backend, seed, folder, started, comm):
         return report.run_metrics(
             framework="scratchnet", backend=backend.name, seed=seed,
             config=cli.config(args, width=args.width, dtype=args.dtype),
-            data_root=args.data, train_images=len(trainset), steps_per_epoch=len(trainloader), summary=summary, loss_curve=state.loss_curve,
-            epoch_losses=state.epoch_losses, diverged=diverged, resumed_from=run_record["resumed_from"],
+            data_root=args.data, train_images=len(trainset), steps_per_epoch=len(trainloader), summary=summary,
+            loss_curve=state.loss_curve, epoch_losses=state.epoch_losses, diverged=diverged,
+            resumed_from=run_record["resumed_from"],
             wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
                          "total": time.perf_counter() - started},
             versions=run_record["versions"],

@@ -178,6 +178,13 @@ def test_bad_sizes_are_one_line(module, flag, value, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("module", ["scratchnet.train", "scratchnet.evaluate", "reference.tutorial"])
+def test_help_is_plain_text(module):
+    result = run_cli(module, "--help")
+    assert result.returncode == 0 and f"python -m {module}" in result.stdout
+    assert "``" not in result.stdout
+
+
 def test_unknown_backend(tmp_path):
     result = run_cli("scratchnet.train", "--backend", "tensorflow", cwd=tmp_path)
     assert_one_line_error(result, "--backend", "numpy", "numba", "cupy")
