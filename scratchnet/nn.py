@@ -87,6 +87,12 @@ class Module:
         for child in self._children.values():
             yield from child.modules()
 
+    def named_modules(self, prefix=""):
+        """(name, module) for this module ("") and every module inside it, depth first, named as torch names them."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
     def zero_grad(self):
         for param in self.parameters():
             param.grad[...] = 0

@@ -9,7 +9,7 @@ from scratchnet.files import atomic_open
 GRID_IMAGES = 16  # test images in the labelled sample grid
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
     """A new matplotlib Figure; matplotlib is imported on first use, as it takes longer than training starts in."""
     from matplotlib.figure import Figure
 
@@ -22,7 +22,7 @@ def save_all(run_dir, metrics, images, labels, predictions, classes):
     ``images`` are the first test images as the network saw them (normalized NCHW),
     ``labels`` and ``predictions`` their classes; ``metrics`` is the run's record.
     """
-    return _save(run_dir, {
+    return save_figures(run_dir, {
         "samples.png": sample_grid(images[:GRID_IMAGES], labels, predictions, classes),
         "loss_curve.png": loss_curve(metrics),
         "per_class_accuracy.png": per_class_accuracy(metrics),
@@ -32,10 +32,11 @@ def save_all(run_dir, metrics, images, labels, predictions, classes):
 
 def save_training_plots(run_dir, metrics):
     """The plots of a run that stopped before its test (the loss so far); return their paths."""
-    return _save(run_dir, {"loss_curve.png": loss_curve(metrics)})
+    return save_figures(run_dir, {"loss_curve.png": loss_curve(metrics)})
 
 
-def _save(run_dir, figures):
+def save_figures(run_dir, figures):
+    """Write each {file name: Figure} into ``run_dir`` as a PNG, atomically; return the paths."""
     paths = []
     for name, figure in figures.items():
         path = os.path.join(run_dir, name)
@@ -61,7 +62,7 @@ def sample_grid(images, labels, predictions, classes):
     for index in range(count):
         top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
         montage[top:top + size, left:left + size] = pictures[index]
-    figure = _figure(figsize=(1.6 * columns, 2.2 * rows))
+    figure = new_figure(figsize=(1.6 * columns, 2.2 * rows))
     axes = figure.add_axes((0.01, 0.01, 0.98, 0.90))
     axes.imshow(montage, interpolation="nearest")
     for index in range(count):
@@ -80,7 +81,7 @@ def loss_curve(metrics):
     An epoch's mean is drawn across the epoch it averages (not as a point at its end,
     where the loss has fallen below it and the mean would read as an outlier).
     """
-    figure = _figure(figsize=(6, 4))
+    figure = new_figure(figsize=(6, 4))
     axes = figure.add_subplot()
     steps_per_epoch = metrics["data"]["steps_per_epoch"]  # of the global batch, in a data-parallel run
     points = metrics["loss_curve"]
@@ -101,7 +102,7 @@ def loss_curve(metrics):
 
 
 def per_class_accuracy(metrics):
-    figure = _figure(figsize=(6, 4))
+    figure = new_figure(figsize=(6, 4))
     axes = figure.add_subplot()
     names = list(metrics["per_class_accuracy"])
     values = [v if v is not None else 0.0 for v in metrics["per_class_accuracy"].values()]
@@ -121,7 +122,7 @@ def per_class_accuracy(metrics):
 
 def confusion_matrix(metrics, classes):
     matrix = np.asarray(metrics["confusion_matrix"])
-    figure = _figure(figsize=(6, 5.5))
+    figure = new_figure(figsize=(6, 5.5))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)

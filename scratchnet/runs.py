@@ -20,7 +20,8 @@ from scratchnet.files import TEMPORARY_SUFFIX, missing_folders, remove_empty_fol
 LOCK_FILE = ".lock"
 # What a run leaves in its folder: --overwrite removes these and refuses to touch a folder holding anything else.
 RUN_FILES = ("cifar_net.npz", "cifar_net.pth", "checkpoint.npz", "metrics.json", "samples.png",
-             "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
+             "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png",
+             "filters.png", "feature_maps.png", "histograms.png")  # the last three: python -m scratchnet.inspect
 RUNS_ROOT = "runs"  # where runs go without --out
 
 
