@@ -36,6 +36,15 @@ def predict(net, loader):
     return loader.backend.to_numpy(predictions)
 
 
+def class_probabilities(net, testset, batch_size, backend, dtype=None):
+    """The softmax of ``net``'s logits for every image of ``testset``: a host float64 (N, classes) array."""
+    loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)
+    forward = loader.backend.compile_forward(net)
+    logits = np.concatenate([loader.backend.to_numpy(forward(images)) for images, _ in loader]).astype(np.float64)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
 def evaluate(net, testset, batch_size, backend, dtype=None):
     """Predict the whole test set (cast to ``dtype`` if given); return (predictions, accuracy summary)."""
     loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)

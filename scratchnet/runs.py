@@ -21,7 +21,8 @@ LOCK_FILE = ".lock"
 # What a run leaves in its folder: --overwrite removes these and refuses to touch a folder holding anything else.
 RUN_FILES = ("cifar_net.npz", "cifar_net.pth", "checkpoint.npz", "metrics.json", "samples.png",
              "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png",
-             "filters.png", "feature_maps.png", "histograms.png")  # the last three: python -m scratchnet.inspect
+             "filters.png", "feature_maps.png", "histograms.png",  # python -m scratchnet.inspect
+             "tensorboard")  # a folder: --tensorboard's event files
 RUNS_ROOT = "runs"  # where runs go without --out
 
 
@@ -151,7 +152,8 @@ def _remove_run_files(path, existing):
         raise RunFolderError(f"--overwrite: {path} holds files no run writes ({', '.join(foreign[:3])}); "
                              f"not touching it, choose another --out")
     for name in existing:
-        os.remove(os.path.join(path, name))
+        file = os.path.join(path, name)
+        shutil.rmtree(file) if os.path.isdir(file) else os.remove(file)
 
 
 def _check_writable(path, room_bytes):

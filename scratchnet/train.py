@@ -16,9 +16,10 @@ from tqdm import tqdm
 
 from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
-from scratchnet.evaluate import evaluate, parameter_shapes
+from scratchnet.evaluate import class_probabilities, evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
+from scratchnet.tensorboard_log import TensorBoardLog, TensorBoardMissing
 
 WEIGHTS_FILE = "cifar_net.npz"
 
@@ -110,7 +111,8 @@ def _check_weights(net, epoch, step):
 
 # The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
 RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum",
-             "seed", "limit_train", "limit_test", "log_every")
+             "seed", "limit_train", "limit_test", "log_every", "tensorboard")
+TENSORBOARD_FOLDER = "tensorboard"  # --tensorboard without a DIR: this folder in the run folder
 
 
 def main(argv=None):
@@ -129,9 +131,14 @@ def main(argv=None):
     parser.add_argument("--timeout", type=cli.non_negative_float, default=distributed.DEFAULT_TIMEOUT_S,
                         metavar="SECONDS", help="--distributed: the longest a rank waits for the others in any "
                                                 "collective, 0 for no bound (default %(default)g)")
+    parser.add_argument("--tensorboard", nargs="?", const="", metavar="DIR",
+                        help=f"log the loss, learning rate, weight and gradient histograms, test accuracy, per-class "
+                             f"precision-recall curves and predictions for TensorBoard in DIR (default: "
+                             f"RUN_DIR/{TENSORBOARD_FOLDER}); needs the tensorboard package")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError)
+    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError,
+                TensorBoardMissing)
     if not args.distributed:
         if distributed.launcher_size() > 1:
             if distributed.launcher_rank() != 0:
@@ -233,6 +240,10 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    # Made once the data is read, so a run that fails before has written nothing (its folder is removed).
+    board = TensorBoardLog(args.tensorboard or folder.file(TENSORBOARD_FOLDER)) \
+        if args.tensorboard is not None and folder is not None else None
+    log_training = board.log_training(net, optimizer) if board is not None else None
     if args.distributed:
         distributed.broadcast_parameters(net.parameters(), comm)
         optimizer = distributed.DataParallelOptimizer(optimizer, comm)
@@ -265,6 +276,11 @@ def _train_and_test(args, backend, seed, folder, started, comm):
         resume.save(folder.file(resume.STATE_FILE), net, optimizer, at, run_record)
         last_saved[:] = [at.epoch, at.step]
 
+    def at_log_point(at):
+        save_checkpoint(at)
+        if log_training is not None:
+            log_training(at)
+
     def metrics_of(summary, diverged=None):
         return report.run_metrics(
             framework="scratchnet", backend=backend.name, seed=seed,
@@ -282,7 +298,7 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
             fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                on_log=save_checkpoint if folder is not None else None, progress=sys.stderr.isatty(),
+                on_log=at_log_point if folder is not None else None, progress=sys.stderr.isatty(),
                 # A captured graph cannot hold the allreduce's bounded wait: data-parallel steps run eagerly.
                 capture=args.cuda_graph and not args.distributed, state=state,
                 average_losses=distributed.loss_averager(comm) if args.distributed else None)
@@ -313,6 +329,11 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
+    if board is not None:
+        step = args.epochs * len(trainloader)
+        board.log_test(step, summary, class_probabilities(net, testset, args.batch_size, backend, dtype), testset,
+                       predictions)
+        board.close()
     metrics = metrics_of(summary)
     if args.distributed:
         metrics["distributed"] = {

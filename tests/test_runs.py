@@ -33,8 +33,11 @@ def test_overwrite_replaces_a_run_says_so_and_spares_foreign_folders(tmp_path, d
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     (out / ".checkpoint.npz.x1.partial").write_text("left by a killed writer")
+    (out / "tensorboard").mkdir()  # what --tensorboard writes goes too
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"")
     code, _, stderr = train_in_process("--backend", "numpy", "--data", data_root, "--out", out, "--overwrite", *SMALL)
     assert code == 0, stderr
+    assert not (out / "tensorboard").exists()
     assert f"note: --overwrite: replacing the run in {out}" in stderr.splitlines()
     assert (out / "metrics.json").read_text() != "{}" and not list(out.glob("*.partial"))
     (out / "notes.txt").write_text("mine")
