@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from scratchnet import backends, safe_pickle
 from scratchnet.backends.base import normalize_pixels as normalize
-from scratchnet.files import atomic_open, missing_folders, remove_empty_folders
+from scratchnet.files import atomic_open, cache_folder, missing_folders, remove_empty_folders
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -47,7 +47,6 @@ IMAGE_SHAPE = (3, 32, 32)
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 _noticed_folders = set()  # said in this process (also where the notice cannot be remembered on disk)
-NOTICES_ENV = "XDG_CACHE_HOME"  # the notices said are remembered under $XDG_CACHE_HOME/scratchnet (or ~/.cache)
 
 
 class DataError(RuntimeError):
@@ -215,8 +214,7 @@ def _notice_marker(folder):
     """The file whose existence says the notice about ``folder``'s files, as they are now, was given."""
     stats = [os.stat(os.path.join(folder, name)) for name in TRAIN_FILES + TEST_FILES]
     key = "\0".join([os.path.abspath(folder), *(f"{stat.st_size}:{stat.st_mtime_ns}" for stat in stats)])
-    cache = os.environ.get(NOTICES_ENV) or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "scratchnet", "notices", hashlib.sha256(key.encode()).hexdigest())
+    return os.path.join(cache_folder(), "notices", hashlib.sha256(key.encode()).hexdigest())
 
 
 def md5sum(path, chunk=1 << 20):

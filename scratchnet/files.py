@@ -7,6 +7,7 @@ import os
 import tempfile
 
 TEMPORARY_SUFFIX = ".partial"  # what a temporary file left by a killed writer ends with
+CACHE_ENV = "SCRATCHNET_CACHE_DIR"  # where scratchnet keeps what it remembers across runs, if set
 
 # mkstemp creates files readable by the owner only; give the result the usual permissions.
 _UMASK = os.umask(0)
@@ -36,6 +37,13 @@ def atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def cache_folder():
+    """Where scratchnet keeps what it remembers across runs: ``$SCRATCHNET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/scratchnet`` or ``~/.cache/scratchnet``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "scratchnet")
 
 
 def missing_folders(path):

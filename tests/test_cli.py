@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cifar_fakes import MarkerPayload
-from scratchnet import backends, checkpoint, cli, data
+from scratchnet import backends, checkpoint, cli, data, files
 from scratchnet.models import Net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +42,7 @@ def assert_one_line_error(result, *phrases):
 @pytest.fixture(scope="module")
 def scratchnet_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("scratchnet") / "run"
-    notices = {data.NOTICES_ENV: str(tmp_path_factory.mktemp("cache"))}  # not said yet to this "user"
+    notices = {files.CACHE_ENV: str(tmp_path_factory.mktemp("cache"))}  # not said yet to this "user"
     result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, *SLICE, env=notices)
     assert result.returncode == 0, result.stderr
     return result, out

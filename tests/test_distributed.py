@@ -18,7 +18,7 @@ import pytest
 
 from distributed_worker import fit_one_epoch
 from harness import relative_error
-from scratchnet import backends, checkpoint, data, distributed, plots
+from scratchnet import backends, checkpoint, distributed, files, plots
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
 
@@ -166,7 +166,7 @@ def test_cli_with_two_workers_repeats_the_one_worker_run(env, one_worker_cli_run
     out = tmp_path / "run"
     job = mpiexec((2, train_cli("--distributed", *CLI_SLICE, "--data", data_root, "--limit-train", 2000,
                                 "--batch-size", 2, "--log-every", 50, "--out", out)),
-                  env={**(env or {}), data.NOTICES_ENV: str(tmp_path / "cache")})  # the data notice not said yet
+                  env={**(env or {}), files.CACHE_ENV: str(tmp_path / "cache")})  # the data notice not said yet
     assert job.returncode == 0, job.stderr
     lines = job.stdout.splitlines()
     # Rank 0 alone prints: one tutorial printout, headed by the global batch.
