@@ -254,24 +254,27 @@ def _train_and_test(args, backend, seed, folder, started, comm):
 
     run_record = {"args": {**{dest: getattr(args, dest) for dest in RUN_FLAGS}, "seed": seed},
                   "versions": report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"), "train_time_s": 0.0,
-                  "resumed_from": []}
+                  "total_time_s": 0.0, "resumed_from": []}
     state = resume.TrainingState()
     if saved is not None:
         record, arrays = saved
         state = resume.restore(folder.file(resume.STATE_FILE), record, arrays, net, optimizer, trainloader)
         run_record["train_time_s"] = record["run"].get("train_time_s", 0.0)
+        run_record["total_time_s"] = record["run"].get("total_time_s", 0.0)
         run_record["resumed_from"] = record["run"].get("resumed_from", []) + [{"epoch": state.epoch,
                                                                                "step": state.step}]
         for point in state.loss_curve:  # the printout so far, so a resumed run prints what an uninterrupted one does
             print(report.loss_line(point["epoch"], point["step"], point["loss"]))
     last_saved = [state.epoch, state.step] if saved is not None else []
 
-    counted_until = [time.perf_counter()]  # training time up to here is in run_record (summed over resumes)
+    # The training time, and the whole time, up to here are in run_record: summed over the run's resumed parts.
+    counted_until = {"train_time_s": time.perf_counter(), "total_time_s": started}
 
     def save_checkpoint(at):
         now = time.perf_counter()
-        run_record["train_time_s"] += now - counted_until[0]
-        counted_until[0] = now
+        for key, since in counted_until.items():
+            run_record[key] += now - since
+            counted_until[key] = now
         checkpoint.save_npz(weights, net.state_dict())
         resume.save(folder.file(resume.STATE_FILE), net, optimizer, at, run_record)
         last_saved[:] = [at.epoch, at.step]
@@ -289,7 +292,7 @@ def _train_and_test(args, backend, seed, folder, started, comm):
             loss_curve=state.loss_curve, epoch_losses=state.epoch_losses, diverged=diverged,
             resumed_from=run_record["resumed_from"],
             wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
-                         "total": time.perf_counter() - started},
+                         "total": run_record["total_time_s"] + time.perf_counter() - counted_until["total_time_s"]},
             versions=run_record["versions"],
         )
 
