@@ -179,9 +179,9 @@ def _train_and_test(args, seed, run_dir):
     metrics = report.run_metrics(
         framework="pytorch", backend="torch-cpu", seed=seed,
         config=cli.config(args, width=1, workers=args.workers, threads=torch.get_num_threads()),
-        data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=loss_curve,
-        epoch_losses=epoch_losses, wall_time_s={"data": data_time, "train": train_time, "test": test_time,
-                                                "total": time.perf_counter() - started},
+        data_root=args.data, train_images=len(trainset), steps_per_epoch=len(trainloader), summary=summary,
+        loss_curve=loss_curve, epoch_losses=epoch_losses,
+        wall_time_s={"data": data_time, "train": train_time, "test": test_time, "total": time.perf_counter() - started},
         versions=report.versions("torch", "torchvision", "numpy"),
     )
     report.write_metrics(run_dir, metrics)

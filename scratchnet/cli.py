@@ -12,7 +12,11 @@ SEED_LIMIT = 2**32  # seeds are what numpy's SeedSequence and torch.manual_seed 
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (no usage dump)."""
+    """An ArgumentParser whose errors are one line on stderr (no usage dump) and whose description is plain text."""
+
+    def __init__(self, *args, description=None, **kwargs):
+        # Descriptions are module docstrings' first paragraphs, whose ``code`` marks are for readers of the source.
+        super().__init__(*args, description=description and description.replace("``", ""), **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from scratchnet import backends, safe_pickle
 from scratchnet.backends.base import normalize_pixels as normalize
-from scratchnet.files import atomic_open
+from scratchnet.files import atomic_open, cache_folder, missing_folders, remove_empty_folders
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -46,7 +46,7 @@ IMAGE_SHAPE = (3, 32, 32)
 # The tutorial's own short class names, in label order.
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-_noticed_folders = set()
+_noticed_folders = set()  # said in this process (also where the notice cannot be remembered on disk)
 
 
 class DataError(RuntimeError):
@@ -116,7 +116,12 @@ def locate(root, download=False):
                 f"CIFAR-10 not found: expected {folder}{os.sep} (the official python version) or {archive}; "
                 f"put the data there, point --data at the folder that holds {FOLDER}, or pass --download"
             )
-        fetch(archive)
+        created = missing_folders(root)
+        try:
+            fetch(archive)
+        except DataError:
+            remove_empty_folders(created)  # a failed download leaves no empty data folder behind
+            raise
     extract(archive, root)
     if _missing_batches(folder):
         raise DataError(f"{archive} holds no complete {FOLDER}{os.sep} folder; delete it and pass --download")
@@ -164,15 +169,19 @@ def read_batch(path):
 
 
 class _OfficialCheck:
-    """Says once per folder when its files are not the official release (they still load).
+    """Says once when a folder's files are not the official release (they still load).
 
-    The files are hashed on a second thread while they are read (hashing releases the
-    GIL), and only until one differs: one hash is enough to say so.
+    Once for the user, not once per command: a notice said is remembered (a marker file
+    named by the folder and its files' sizes and times, so changed files are checked
+    again), and a remembered folder is not hashed again either. The files are hashed on
+    a second thread while they are read (hashing releases the GIL), and only until one
+    differs: one hash is enough to say so.
     """
 
     def __init__(self, folder, names):
-        self.folder = folder
-        self._pool = None if folder in _noticed_folders else concurrent.futures.ThreadPoolExecutor(1)
+        self.folder, self._marker = folder, _notice_marker(folder)
+        noticed = folder in _noticed_folders or os.path.exists(self._marker)
+        self._pool = None if noticed else concurrent.futures.ThreadPoolExecutor(1)
         if self._pool is not None:
             _noticed_folders.add(folder)
             self._hashes = {name: self._pool.submit(md5sum, os.path.join(folder, name)) for name in names}
@@ -184,9 +193,14 @@ class _OfficialCheck:
         if differing is not None:
             print(
                 f"note: {self.folder} is not the official CIFAR-10 release (the MD5 sum of {differing} differs); "
-                f"using it as is, so accuracies may differ slightly from published ones",
+                f"using it as is, so accuracies may differ slightly from published ones (said once)",
                 file=sys.stderr,
             )
+            try:
+                os.makedirs(os.path.dirname(self._marker), exist_ok=True)
+                open(self._marker, "w").close()
+            except OSError:  # an unwritable cache: the notice comes again next time, nothing worse
+                pass
 
     def __enter__(self):
         return self
@@ -194,6 +208,13 @@ class _OfficialCheck:
     def __exit__(self, *exc_info):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)  # the hashes still queued are not needed
+
+
+def _notice_marker(folder):
+    """The file whose existence says the notice about ``folder``'s files, as they are now, was given."""
+    stats = [os.stat(os.path.join(folder, name)) for name in TRAIN_FILES + TEST_FILES]
+    key = "\0".join([os.path.abspath(folder), *(f"{stat.st_size}:{stat.st_mtime_ns}" for stat in stats)])
+    return os.path.join(cache_folder(), "notices", hashlib.sha256(key.encode()).hexdigest())
 
 
 def md5sum(path, chunk=1 << 20):

@@ -278,6 +278,10 @@ class DataParallelOptimizer:
     def params(self):
         return self.optimizer.params
 
+    @property
+    def param_groups(self):  # what schedules and logs read and set
+        return self.optimizer.param_groups
+
     def state_dict(self):
         return self.optimizer.state_dict()
 

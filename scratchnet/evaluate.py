@@ -1,9 +1,12 @@
-"""Test a trained network: ``python -m scratchnet.evaluate --weights FILE [--data DIR] [--limit-test N]``.
+"""Test a trained network: ``python -m scratchnet.evaluate --weights RUN_DIR|FILE [--data DIR] [--limit-test N]``.
 
 FILE is scratchnet's ``cifar_net.npz`` or the PyTorch tutorial's own ``cifar_net.pth``
-(read without torch, through the allow-list unpickler). Prints the tutorial's test report.
+(read without torch, through the allow-list unpickler); RUN_DIR is a run folder, whose
+weights are tested. Without ``--data`` the data folder the run recorded is used.
+Prints the tutorial's test report.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -11,6 +14,9 @@ import numpy as np
 from scratchnet import backends, checkpoint, cli, report
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.models import Net
+
+# The weights a run folder holds: scratchnet's, or the reference tutorial's.
+RUN_WEIGHTS = ("cifar_net.npz", "cifar_net.pth")
 
 
 def predict(net, loader):
@@ -28,6 +34,15 @@ def predict(net, loader):
         predictions[start:start + len(images)] = xp.argmax(forward(images), axis=1)
         start += len(images)
     return loader.backend.to_numpy(predictions)
+
+
+def class_probabilities(net, testset, batch_size, backend, dtype=None):
+    """The softmax of ``net``'s logits for every image of ``testset``: a host float64 (N, classes) array."""
+    loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)
+    forward = loader.backend.compile_forward(net)
+    logits = np.concatenate([loader.backend.to_numpy(forward(images)) for images, _ in loader]).astype(np.float64)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
 def evaluate(net, testset, batch_size, backend, dtype=None):
@@ -80,10 +95,31 @@ def net_from_weights(path, allow_non_finite=False):
     return net
 
 
+def weights_of(path):
+    """The weights file ``path`` names: itself, or the weights of the run folder it is."""
+    if not os.path.isdir(path):
+        return path
+    found = [os.path.join(path, name) for name in RUN_WEIGHTS if os.path.isfile(os.path.join(path, name))]
+    if not found:
+        raise checkpoint.CheckpointError(f"cannot read {path}: it is a folder without a run's weights "
+                                         f"({' or '.join(RUN_WEIGHTS)}); give a run folder or a weights file")
+    return found[0]
+
+
+def recorded_data_root(weights):
+    """The data folder recorded by the run the ``weights`` file belongs to (its metrics.json), or None."""
+    try:
+        metrics = report.read_metrics(os.path.dirname(os.path.abspath(weights)))
+        return metrics["data"]["root"]
+    except (OSError, ValueError, KeyError, TypeError):  # no run beside the weights: the usual default applies
+        return None
+
+
 def main(argv=None):
     parser = cli.Parser(prog="python -m scratchnet.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="cifar_net.npz (scratchnet) or cifar_net.pth (torch)")
+    parser.add_argument("--weights", required=True, metavar="RUN_DIR|FILE",
+                        help="a run folder, or cifar_net.npz (scratchnet) or cifar_net.pth (torch); without --data "
+                             "the data folder the run recorded is used")
     parser.add_argument("--backend", choices=backends.names(), default="numba", help="engine backend (default numba)")
     parser.add_argument("--allow-non-finite", action="store_true",
                         help="evaluate weights holding NaN or Inf (refused by default)")
@@ -91,7 +127,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with cli.one_line_errors(parser.prog, DataError, backends.BackendError, checkpoint.CheckpointError):
         backend = backends.get(args.backend)
-        net = net_from_weights(args.weights, args.allow_non_finite).to(backend.name)
+        weights = weights_of(args.weights)
+        if "data" not in cli.explicit_flags(parser, argv):
+            args.data = recorded_data_root(weights) or args.data
+        net = net_from_weights(weights, args.allow_non_finite).to(backend.name)
         testset = CIFAR10(args.data, train=False, download=args.download, limit=args.limit_test)
         predictions, summary = evaluate(net, testset, args.batch_size, backend)
         for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):

@@ -7,6 +7,7 @@ import os
 import tempfile
 
 TEMPORARY_SUFFIX = ".partial"  # what a temporary file left by a killed writer ends with
+CACHE_ENV = "SCRATCHNET_CACHE_DIR"  # where scratchnet keeps what it remembers across runs, if set
 
 # mkstemp creates files readable by the owner only; give the result the usual permissions.
 _UMASK = os.umask(0)
@@ -36,6 +37,31 @@ def atomic_open(path, mode="wb"):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def cache_folder():
+    """Where scratchnet keeps what it remembers across runs: ``$SCRATCHNET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/scratchnet`` or ``~/.cache/scratchnet``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "scratchnet")
+
+
+def missing_folders(path):
+    """``path`` and those of its ancestors that do not exist yet, deepest first: what creating ``path`` creates."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove ``folders`` in order (as ``missing_folders`` lists them), stopping at the first one not empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # it holds something (or is gone): it and its ancestors stay
+            return
 
 
 def _naming(error, path):

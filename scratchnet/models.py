@@ -34,6 +34,3 @@ class Net(nn.Sequential):
             ("fc3", fc3),
         ]))
         self.width = width
-
-    def __repr__(self):
-        return f"Net(width={self.width})"

@@ -50,6 +50,21 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def extra_repr(self):
+        """The layer's own arguments, as torch's ``extra_repr``: what its repr shows in the parentheses."""
+        return ""
+
+    def __repr__(self):
+        """torch's: ``Conv2d(3, 6, kernel_size=(5, 5), stride=(1, 1))``, or the tree of named children, one a line."""
+        extra = self.extra_repr()
+        lines = (extra.split("\n") if extra else []) + [
+            f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._children.items()]
+        if not lines:
+            return f"{type(self).__name__}()"
+        if len(lines) == 1 and not self._children:
+            return f"{type(self).__name__}({lines[0]})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
     def forward(self, x):
         raise NotImplementedError
 
@@ -72,6 +87,12 @@ class Module:
         yield self
         for child in self._children.values():
             yield from child.modules()
+
+    def named_modules(self, prefix=""):
+        """(name, module) for this module ("") and every module inside it, depth first, named as torch names them."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def zero_grad(self):
         for param in self.parameters():
@@ -213,13 +234,12 @@ class Conv2d(Module):
         self.weight = Parameter(_uniform((out_channels, in_channels // groups, kh, kw), bound, rng))
         self.bias = Parameter(_uniform((out_channels,), bound, rng)) if bias else None
 
-    def __repr__(self):
-        extra = "" if self.padding in ((0, 0), "valid") else f", padding={self.padding!r}"
+    def extra_repr(self):
+        extra = "" if self.padding == (0, 0) else f", padding={self.padding}"  # as torch: padding=same unquoted
         extra += "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
         extra += "" if self.groups == 1 else f", groups={self.groups}"
         extra += "" if self.bias is not None else ", bias=False"
-        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}{extra})")
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}{extra}"
 
     def plain_geometry(self):
         """(stride, padding) as ints when the fused ops take this layer (see ``Backend``), else None."""
@@ -264,9 +284,8 @@ class Linear(Module):
         self.weight = Parameter(_uniform((out_features, in_features), bound, rng))
         self.bias = Parameter(_uniform((out_features,), bound, rng)) if bias else None
 
-    def __repr__(self):
-        extra = "" if self.bias is not None else ", bias=False"
-        return f"Linear(in_features={self.in_features}, out_features={self.out_features}{extra})"
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
     def forward(self, x):
         shape = self.output_shape(x)
@@ -305,9 +324,9 @@ class MaxPool2d(Module):
         self.padding, self.dilation = padding, dilation
         self.return_indices, self.ceil_mode = bool(return_indices), bool(ceil_mode)
 
-    def __repr__(self):
-        return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode})")
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
     def plain_geometry(self):
         """(kernel, stride) as ints when the fused ops take this pool (see ``Backend``), else None."""
@@ -344,9 +363,6 @@ class MaxPool2d(Module):
 class ReLU(Module):
     """max(x, 0) on any shape and memory layout; NaN stays NaN and passes its gradient, as in torch."""
 
-    def __repr__(self):
-        return "ReLU()"
-
     def forward(self, x):
         self.backend.check_array(x, self)
         self._y = self.backend.relu_forward(x)
@@ -360,8 +376,8 @@ class ReLU(Module):
 class Flatten(Module):
     """Flatten every axis after the batch axis, as torch.flatten(x, 1)."""
 
-    def __repr__(self):
-        return "Flatten()"
+    def extra_repr(self):
+        return "start_dim=1, end_dim=-1"
 
     def forward(self, x):
         self.backend.check_array(x, self)
@@ -390,10 +406,6 @@ class Sequential(Module):
             if not isinstance(module, Module):
                 raise TypeError(f"Sequential: {name!r} is a {type(module).__name__}, not a scratchnet module")
             setattr(self, name, module)
-
-    def __repr__(self):
-        inner = ", ".join(repr(m) for m in self._children.values())
-        return f"Sequential({inner})"
 
     def __getitem__(self, index):
         return list(self._children.values())[index]
@@ -432,13 +444,13 @@ class CrossEntropyLoss(Module):
     def weight(self):
         return self._args.weight
 
-    def __repr__(self):
+    def extra_repr(self):
         options = [f"{name}={value!r}" for name, value, default in (
             ("ignore_index", self.ignore_index, -100), ("reduction", self.reduction, "mean"),
             ("label_smoothing", self.label_smoothing, 0.0)) if value != default]
         if self.weight is not None:
             options.insert(0, f"weight of shape {tuple(self.weight.shape)}")
-        return f"CrossEntropyLoss({', '.join(options)})"
+        return ", ".join(options)
 
     def forward(self, logits, target):
         """The loss: a Python float for 'mean' and 'sum', per element (target's shape) for 'none'."""

@@ -70,9 +70,11 @@ def test_report_lines(labels, predictions, summary, classes):
 UNTESTED = {"correct": None, "total": None, "accuracy": None, "per_class_accuracy": None, "confusion_matrix": None}
 
 
-def run_metrics(*, framework, backend, seed, config, data_root, train_images, summary, loss_curve, epoch_losses,
-                wall_time_s, versions, diverged=None, resumed_from=()):
+def run_metrics(*, framework, backend, seed, config, data_root, train_images, steps_per_epoch, summary, loss_curve,
+                epoch_losses, wall_time_s, versions, diverged=None, resumed_from=()):
     """The ``metrics.json`` record of one run; both frameworks write exactly these fields.
+
+    ``steps_per_epoch`` counts the optimizer's steps (global batches in a data-parallel run).
 
     ``diverged`` is None or {"epoch", "step", "message"} of where the loss stopped being
     finite; ``resumed_from`` lists the {"epoch", "step"} each ``--resume`` continued from.
@@ -82,7 +84,8 @@ def run_metrics(*, framework, backend, seed, config, data_root, train_images, su
         "backend": backend,
         "seed": seed,
         "config": config,
-        "data": {"root": os.path.abspath(data_root), "train_images": train_images, "test_images": summary["total"]},
+        "data": {"root": os.path.abspath(data_root), "train_images": train_images, "steps_per_epoch": steps_per_epoch,
+                 "test_images": summary["total"]},
         "loss_curve": loss_curve,
         "epoch_losses": epoch_losses,
         "diverged": diverged,

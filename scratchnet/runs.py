@@ -15,12 +15,14 @@ import os
 import shutil
 import tempfile
 
-from scratchnet.files import TEMPORARY_SUFFIX
+from scratchnet.files import TEMPORARY_SUFFIX, missing_folders, remove_empty_folders
 
 LOCK_FILE = ".lock"
 # What a run leaves in its folder: --overwrite removes these and refuses to touch a folder holding anything else.
 RUN_FILES = ("cifar_net.npz", "cifar_net.pth", "checkpoint.npz", "metrics.json", "samples.png",
-             "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
+             "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png",
+             "filters.png", "feature_maps.png", "histograms.png",  # python -m scratchnet.inspect
+             "tensorboard")  # a folder: --tensorboard's event files
 RUNS_ROOT = "runs"  # where runs go without --out
 
 
@@ -32,11 +34,12 @@ class RunFolder:
     """An open, locked run folder: ``path``, ``file(name)``, and ``close()`` (also as a context manager).
 
     A folder this run created and never wrote a file to is removed again when the run
-    fails, so a refused or failed start leaves nothing that could pass for a run.
+    fails, with the folders created to hold it (``runs/``), so a refused or failed start
+    leaves nothing that could pass for a run.
     """
 
     def __init__(self, path, lock, created):
-        self.path, self._lock, self._created = path, lock, created
+        self.path, self._lock, self._created = path, lock, created  # created: files.missing_folders before
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -44,13 +47,13 @@ class RunFolder:
     def close(self, failed=False):
         if self._lock is None:
             return
-        unused = self._created and set(os.listdir(self.path)) <= {LOCK_FILE}
+        unused = bool(self._created) and set(os.listdir(self.path)) <= {LOCK_FILE}
         if failed and unused:
             os.remove(self.file(LOCK_FILE))
         os.close(self._lock)
         self._lock = None
         if failed and unused:
-            os.rmdir(self.path)
+            remove_empty_folders(self._created)
 
     def __enter__(self):
         return self
@@ -66,9 +69,11 @@ def open_run_folder(out, default_name, resume=False, overwrite=False, room_bytes
     ``overwrite`` (delete what a run wrote there first; said on stderr by the caller).
     """
     if out is None:
-        path, created = _new_default_folder(default_name), True
+        created = missing_folders(RUNS_ROOT)
+        path = _new_default_folder(default_name)
+        created.insert(0, os.path.abspath(path))
     else:
-        path, created = out, not os.path.exists(out)
+        path, created = out, missing_folders(out)
         if not created and not os.path.isdir(path):
             raise RunFolderError(f"{path} exists and is not a folder; choose another --out")
         if resume and created:
@@ -88,6 +93,7 @@ def open_run_folder(out, default_name, resume=False, overwrite=False, room_bytes
         os.close(lock)
         if created:
             shutil.rmtree(path, ignore_errors=True)
+            remove_empty_folders(created[1:])
         raise
     return RunFolder(path, lock, created)
 
@@ -146,7 +152,8 @@ def _remove_run_files(path, existing):
         raise RunFolderError(f"--overwrite: {path} holds files no run writes ({', '.join(foreign[:3])}); "
                              f"not touching it, choose another --out")
     for name in existing:
-        os.remove(os.path.join(path, name))
+        file = os.path.join(path, name)
+        shutil.rmtree(file) if os.path.isdir(file) else os.remove(file)
 
 
 def _check_writable(path, room_bytes):

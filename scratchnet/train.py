@@ -16,9 +16,10 @@ from tqdm import tqdm
 
 from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
-from scratchnet.evaluate import evaluate, parameter_shapes
+from scratchnet.evaluate import class_probabilities, evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
+from scratchnet.tensorboard_log import TensorBoardLog, TensorBoardMissing
 
 WEIGHTS_FILE = "cifar_net.npz"
 
@@ -110,7 +111,8 @@ def _check_weights(net, epoch, step):
 
 # The flags a run is made of: recorded in its checkpoint, taken from there by --resume.
 RUN_FLAGS = ("backend", "width", "dtype", "distributed", "cuda_graph", "data", "epochs", "batch_size", "lr", "momentum",
-             "seed", "limit_train", "limit_test", "log_every")
+             "seed", "limit_train", "limit_test", "log_every", "tensorboard")
+TENSORBOARD_FOLDER = "tensorboard"  # --tensorboard without a DIR: this folder in the run folder
 
 
 def main(argv=None):
@@ -129,9 +131,14 @@ def main(argv=None):
     parser.add_argument("--timeout", type=cli.non_negative_float, default=distributed.DEFAULT_TIMEOUT_S,
                         metavar="SECONDS", help="--distributed: the longest a rank waits for the others in any "
                                                 "collective, 0 for no bound (default %(default)g)")
+    parser.add_argument("--tensorboard", nargs="?", const="", metavar="DIR",
+                        help=f"log the loss, learning rate, weight and gradient histograms, test accuracy, per-class "
+                             f"precision-recall curves and predictions for TensorBoard in DIR (default: "
+                             f"RUN_DIR/{TENSORBOARD_FOLDER}); needs the tensorboard package")
     cli.add_training_arguments(parser)
     args = parser.parse_args(argv)
-    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError)
+    expected = (DataError, backends.BackendError, TrainingDiverged, OSError, runs.RunFolderError, resume.ResumeError,
+                TensorBoardMissing)
     if not args.distributed:
         if distributed.launcher_size() > 1:
             if distributed.launcher_rank() != 0:
@@ -140,9 +147,13 @@ def main(argv=None):
                          f"(or start one process)")
         with cli.one_line_errors(parser.prog, *expected):
             if args.resume is not None:
-                args = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
+                args, next_epoch = _flags_of_resumed_run(args, cli.explicit_flags(parser, argv))
                 if args.distributed:
                     parser.error(f"{args.resume} holds a data-parallel run, which --resume cannot continue")
+                if next_epoch > args.epochs:  # finished: nothing to train, and its folder stays as it is
+                    print(f"{args.resume} is a finished run ({args.epochs} of {args.epochs} epochs); nothing to do. "
+                          f"To train it further pass --epochs N with N > {args.epochs}")
+                    return
             _check_memory(parser, args.width)
             run(args, distributed.SingleProcess())
         return
@@ -156,21 +167,33 @@ def main(argv=None):
 
 
 def _flags_of_resumed_run(args, given):
-    """``args`` with the run's own flags from its checkpoint; a flag given that differs is refused."""
+    """``args`` with the run's own flags from its checkpoint, and the epoch it continues at.
+
+    A flag given that differs is refused, except a larger ``--epochs``: a run, finished
+    or not, continues for more epochs as if it had been started with that many.
+    """
     if args.overwrite:
         raise resume.ResumeError("--resume continues a run and --overwrite replaces it: pass one of them")
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
         raise resume.ResumeError(f"--out {args.out} differs from --resume {args.resume}: a run resumes in its folder")
-    record, _ = resume.read(os.path.join(args.resume, resume.STATE_FILE))
+    path = os.path.join(args.resume, resume.STATE_FILE)
+    record, _ = resume.read(path)
     saved = record["run"]["args"]
+    epochs = saved.get("epochs")
+    # Past the last epoch is where a finished run stands, at step 0: anything further is damage.
+    if not isinstance(epochs, int) or (record["epoch"], record["step"]) > (epochs + 1, 0):
+        raise resume.ResumeError(f"cannot resume from {path}: epoch {record['epoch']}, step {record['step']} "
+                                 f"does not fit a run of {epochs!r} epochs")
     for dest in RUN_FLAGS:
+        if dest == "epochs" and "epochs" in given and args.epochs > epochs:
+            continue
         if dest in given and getattr(args, dest) != saved.get(dest):
             flag = "--no-cuda-graph" if dest == "cuda_graph" else "--" + dest.replace("_", "-")
             raise resume.ResumeError(f"{flag} {getattr(args, dest)} conflicts with the resumed run's "
                                      f"{saved.get(dest)!r}; a resumed run keeps its flags (drop {flag})")
         setattr(args, dest, saved.get(dest, getattr(args, dest)))  # a flag older records lack keeps its default
     args.out = args.resume
-    return args
+    return args, record["epoch"]
 
 
 def _check_memory(parser, width):
@@ -217,6 +240,10 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
+    # Made once the data is read, so a run that fails before has written nothing (its folder is removed).
+    board = TensorBoardLog(args.tensorboard or folder.file(TENSORBOARD_FOLDER)) \
+        if args.tensorboard is not None and folder is not None else None
+    log_training = board.log_training(net, optimizer) if board is not None else None
     if args.distributed:
         distributed.broadcast_parameters(net.parameters(), comm)
         optimizer = distributed.DataParallelOptimizer(optimizer, comm)
@@ -227,36 +254,45 @@ def _train_and_test(args, backend, seed, folder, started, comm):
 
     run_record = {"args": {**{dest: getattr(args, dest) for dest in RUN_FLAGS}, "seed": seed},
                   "versions": report.versions("scratchnet", "numpy", "numba", "cupy", "mpi4py"), "train_time_s": 0.0,
-                  "resumed_from": []}
+                  "total_time_s": 0.0, "resumed_from": []}
     state = resume.TrainingState()
     if saved is not None:
         record, arrays = saved
         state = resume.restore(folder.file(resume.STATE_FILE), record, arrays, net, optimizer, trainloader)
         run_record["train_time_s"] = record["run"].get("train_time_s", 0.0)
+        run_record["total_time_s"] = record["run"].get("total_time_s", 0.0)
         run_record["resumed_from"] = record["run"].get("resumed_from", []) + [{"epoch": state.epoch,
                                                                                "step": state.step}]
         for point in state.loss_curve:  # the printout so far, so a resumed run prints what an uninterrupted one does
             print(report.loss_line(point["epoch"], point["step"], point["loss"]))
     last_saved = [state.epoch, state.step] if saved is not None else []
 
-    counted_until = [time.perf_counter()]  # training time up to here is in run_record (summed over resumes)
+    # The training time, and the whole time, up to here are in run_record: summed over the run's resumed parts.
+    counted_until = {"train_time_s": time.perf_counter(), "total_time_s": started}
 
     def save_checkpoint(at):
         now = time.perf_counter()
-        run_record["train_time_s"] += now - counted_until[0]
-        counted_until[0] = now
+        for key, since in counted_until.items():
+            run_record[key] += now - since
+            counted_until[key] = now
         checkpoint.save_npz(weights, net.state_dict())
         resume.save(folder.file(resume.STATE_FILE), net, optimizer, at, run_record)
         last_saved[:] = [at.epoch, at.step]
+
+    def at_log_point(at):
+        save_checkpoint(at)
+        if log_training is not None:
+            log_training(at)
 
     def metrics_of(summary, diverged=None):
         return report.run_metrics(
             framework="scratchnet", backend=backend.name, seed=seed,
             config=cli.config(args, width=args.width, dtype=args.dtype),
-            data_root=args.data, train_images=len(trainset), summary=summary, loss_curve=state.loss_curve,
-            epoch_losses=state.epoch_losses, diverged=diverged, resumed_from=run_record["resumed_from"],
+            data_root=args.data, train_images=len(trainset), steps_per_epoch=len(trainloader), summary=summary,
+            loss_curve=state.loss_curve, epoch_losses=state.epoch_losses, diverged=diverged,
+            resumed_from=run_record["resumed_from"],
             wall_time_s={"data": data_time, "train": run_record["train_time_s"], "test": test_time,
-                         "total": time.perf_counter() - started},
+                         "total": run_record["total_time_s"] + time.perf_counter() - counted_until["total_time_s"]},
             versions=run_record["versions"],
         )
 
@@ -265,7 +301,7 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     try:
         with np.errstate(all="ignore"):  # fit itself catches and reports non-finite losses
             fit(net, criterion, optimizer, trainloader, args.epochs, args.log_every,
-                on_log=save_checkpoint if folder is not None else None, progress=sys.stderr.isatty(),
+                on_log=at_log_point if folder is not None else None, progress=sys.stderr.isatty(),
                 # A captured graph cannot hold the allreduce's bounded wait: data-parallel steps run eagerly.
                 capture=args.cuda_graph and not args.distributed, state=state,
                 average_losses=distributed.loss_averager(comm) if args.distributed else None)
@@ -296,6 +332,11 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
+    if board is not None:
+        step = args.epochs * len(trainloader)
+        board.log_test(step, summary, class_probabilities(net, testset, args.batch_size, backend, dtype), testset,
+                       predictions)
+        board.close()
     metrics = metrics_of(summary)
     if args.distributed:
         metrics["distributed"] = {

@@ -13,7 +13,7 @@ import pytest
 
 from cifar_fakes import MarkerPayload
 from conftest import gpu_present
-from scratchnet import checkpoint, data
+from scratchnet import checkpoint, cli, data, files
 from scratchnet.models import Net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,9 +21,11 @@ SLICE = ["--limit-train", "400", "--limit-test", "100", "--log-every", "25", "--
 PLOTS = ("samples.png", "loss_curve.png", "per_class_accuracy.png", "confusion_matrix.png")
 
 
-def run_cli(module, *args, cwd=None, env=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-           **(env or {})}
+def run_cli(module, *args, cwd=None, unset=(), env=None):
+    """Run ``python -m module args`` in a subprocess, with ``env`` added to the environment and ``unset`` taken away."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = {name: value for name, value in {**os.environ, "PYTHONPATH": path, **(env or {})}.items()
+           if name not in unset}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -41,7 +43,8 @@ def assert_one_line_error(result, *phrases):
 @pytest.fixture(scope="module")
 def scratchnet_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("scratchnet") / "run"
-    result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, *SLICE)
+    notices = {files.CACHE_ENV: str(tmp_path_factory.mktemp("cache"))}  # not said yet to this "user"
+    result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, *SLICE, env=notices)
     assert result.returncode == 0, result.stderr
     return result, out
 
@@ -121,6 +124,23 @@ def test_evaluate_reads_either_framework_weights(which, scratchnet_run, referenc
     assert evaluation.stdout.splitlines() == test_report  # same weights, same predictions, same report
 
 
+@pytest.mark.parametrize("given", ["run folder", "weights file"])
+def test_evaluate_finds_the_weights_and_the_data_of_a_run(given, scratchnet_run, tmp_path):
+    result, out = scratchnet_run
+    weights = out if given == "run folder" else out / "cifar_net.npz"
+    # Neither --data, $SCRATCHNET_DATA nor ./data holds CIFAR-10 here: the data folder is the one the run recorded.
+    evaluation = run_cli("scratchnet.evaluate", "--weights", weights, "--backend", "numpy", "--limit-test", "100",
+                         cwd=tmp_path, unset=[cli.DATA_ENV])
+    assert evaluation.returncode == 0, evaluation.stderr
+    trained = result.stdout.splitlines()
+    assert evaluation.stdout.splitlines() == trained[trained.index("Finished Training") + 1:][:13]
+
+
+def test_evaluate_of_a_folder_without_weights_says_what_to_give(tmp_path):
+    result = run_cli("scratchnet.evaluate", "--weights", tmp_path, "--backend", "numpy", cwd=tmp_path)
+    assert_one_line_error(result, str(tmp_path), "cifar_net.npz", "give a run folder or a weights file")
+
+
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_weights(data_root, tmp_path):
     out = tmp_path / "run"
     result = run_cli("scratchnet.train", "--backend", "numpy", "--data", data_root, "--out", out, "--lr", "1e5",
@@ -157,6 +177,13 @@ def test_bad_sizes_are_one_line(module, flag, value, tmp_path):
     assert_one_line_error(result, flag)
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("module", ["scratchnet.train", "scratchnet.evaluate", "reference.tutorial"])
+def test_help_is_plain_text(module):
+    result = run_cli(module, "--help")
+    assert result.returncode == 0 and f"python -m {module}" in result.stdout
+    assert "``" not in result.stdout
 
 
 def test_unknown_backend(tmp_path):

@@ -166,7 +166,7 @@ def _fit_on_gpu(gpu, capture):
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     _, epoch_losses, step_losses = fit(net, nn.CrossEntropyLoss(), optimizer, loader, epochs=2, log_every=7,
                                        capture=capture)
-    return epoch_losses, step_losses, net.state_dict(), [gpu.to_numpy(b) for b in optimizer.momentum_buffers]
+    return epoch_losses, step_losses, net.state_dict(), [gpu.to_numpy(optimizer.state[p]["momentum_buffer"]) for p in optimizer.params]
 
 
 def test_graph_replayed_training_equals_eager_training_bit_for_bit(gpu):

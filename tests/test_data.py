@@ -13,7 +13,7 @@ import torchvision.transforms as transforms
 from PIL import Image
 
 from cifar_fakes import MarkerPayload, batch_bytes, tar_folder, tar_with_member, write_fake_cifar
-from scratchnet import backends, data, safe_pickle
+from scratchnet import backends, data, files, safe_pickle
 
 
 @pytest.fixture
@@ -63,12 +63,29 @@ def test_py2_style_bytes_keys_load_too(tmp_path):
     np.testing.assert_array_equal(data.CIFAR10(tmp_path, train=False).targets, [3, 4])
 
 
-def test_unofficial_files_load_with_one_notice(fake_root, capsys):
+def test_unofficial_files_load_with_one_notice(fake_root, capsys, monkeypatch, tmp_path):
     root, _ = fake_root
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
     data.CIFAR10(root, train=False)
     data.CIFAR10(root, train=True)
     notices = [line for line in capsys.readouterr().err.splitlines() if "not the official CIFAR-10 release" in line]
     assert len(notices) == 1 and str(root) in notices[0]
+
+
+def test_the_notice_is_said_once_for_the_user_not_once_per_command(fake_root, capsys, monkeypatch, tmp_path):
+    root, _ = fake_root
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
+
+    def notices_of_a_new_command():
+        monkeypatch.setattr(data, "_noticed_folders", set())  # what a new process starts with
+        data.CIFAR10(root, train=False)
+        return [line for line in capsys.readouterr().err.splitlines() if "not the official" in line]
+
+    assert len(notices_of_a_new_command()) == 1
+    assert notices_of_a_new_command() == []
+    changed = os.path.join(root, data.FOLDER, "test_batch")
+    os.utime(changed, ns=(0, 0))  # files that changed since are checked, and said, again
+    assert len(notices_of_a_new_command()) == 1
 
 
 def test_missing_data_says_where_and_which_flag(tmp_path):

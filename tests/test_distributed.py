@@ -18,7 +18,7 @@ import pytest
 
 from distributed_worker import fit_one_epoch
 from harness import relative_error
-from scratchnet import backends, checkpoint, distributed
+from scratchnet import backends, checkpoint, distributed, files, plots
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
 
@@ -167,7 +167,8 @@ def one_worker_cli_run(data_root, tmp_path_factory):
 def test_cli_with_two_workers_repeats_the_one_worker_run(env, one_worker_cli_run, data_root, tmp_path, error_report):
     out = tmp_path / "run"
     job = mpiexec((2, train_cli("--distributed", *CLI_SLICE, "--data", data_root, "--limit-train", 2000,
-                                "--batch-size", 2, "--log-every", 50, "--out", out)), env=env)
+                                "--batch-size", 2, "--log-every", 50, "--out", out)),
+                  env={**(env or {}), files.CACHE_ENV: str(tmp_path / "cache")})  # the data notice not said yet
     assert job.returncode == 0, job.stderr
     lines = job.stdout.splitlines()
     # Rank 0 alone prints: one tutorial printout, headed by the global batch.
@@ -180,6 +181,9 @@ def test_cli_with_two_workers_repeats_the_one_worker_run(env, one_worker_cli_run
     assert [entry["rank"] for entry in ours["distributed"]["per_rank"]] == [0, 1]
     assert all(entry["train_s"] > 0 and entry["allreduce_s"] > 0 for entry in ours["distributed"]["per_rank"])
     assert [point["step"] for point in ours["loss_curve"]] == [point["step"] for point in alone["loss_curve"]]
+    # loss_curve.png draws the epoch's mean across the global steps it took, as the one worker's run does.
+    epoch_mean_x = next(line for line in plots.loss_curve(ours).axes[0].lines if line.get_label().startswith("epoch"))
+    assert np.nanmax(epoch_mean_x.get_xdata()) == ours["loss_curve"][-1]["global_step"] == 500
     loss_error = max(relative_error(a["loss"], b["loss"]) for a, b in zip(ours["loss_curve"], alone["loss_curve"]))
     weights_error = worst_state_error(checkpoint.load(out / "cifar_net.npz"),
                                       checkpoint.load(one_worker_cli_run / "cifar_net.npz"))

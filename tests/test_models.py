@@ -1,4 +1,6 @@
-"""The tutorial Net: torch's names and shapes, torch's default init, seeded draws."""
+"""The tutorial Net: torch's names and shapes, torch's default init, seeded draws, torch's printout."""
+
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import torch
 
 import scratchnet
 from reference.tutorial import Net as TorchNet
-from scratchnet import backends
+from scratchnet import backends, nn
 from scratchnet.models import Net
 
 
@@ -76,3 +78,31 @@ def test_a_missing_library_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(backends._MODULES, "broken", "scratchnet_no_such_module")
     with pytest.raises(backends.BackendError, match=r"'broken' is not available.*scratchnet_no_such_module.*numpy"):
         backends.get("broken")
+
+
+def torch_twin(module):
+    """The torch module ``module`` would be, built from the same arguments (for comparing reprs)."""
+    if isinstance(module, nn.Sequential):
+        return torch.nn.Sequential(OrderedDict((name, torch_twin(child)) for name, child in module._children.items()))
+    if isinstance(module, nn.Conv2d):
+        return torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                               module.padding, module.dilation, module.groups, module.bias is not None)
+    if isinstance(module, nn.Linear):
+        return torch.nn.Linear(module.in_features, module.out_features, module.bias is not None)
+    if isinstance(module, nn.MaxPool2d):
+        return torch.nn.MaxPool2d(module.kernel_size, module.stride, module.padding, module.dilation,
+                                  ceil_mode=module.ceil_mode)
+    return {nn.ReLU: torch.nn.ReLU, nn.Flatten: torch.nn.Flatten, nn.CrossEntropyLoss: torch.nn.CrossEntropyLoss}[
+        type(module)]()
+
+
+def test_print_shows_the_layer_tree_as_torch_does():
+    net = Net()
+    assert repr(net) == repr(torch_twin(net)).replace("Sequential(", "Net(", 1)
+    assert str(net).splitlines()[1] == "  (conv1): Conv2d(3, 6, kernel_size=(5, 5), stride=(1, 1))"
+    own = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d((2, 3), ceil_mode=True),
+        nn.Sequential(nn.Conv2d(8, 8, (3, 5), padding="same", dilation=2, groups=4),
+                      nn.Conv2d(8, 4, 1, padding="valid")),
+        nn.Flatten(), nn.Linear(16, 10, bias=False), nn.CrossEntropyLoss())
+    assert repr(own) == repr(torch_twin(own))

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +56,8 @@ def printout(stdout):
 def results(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record, arrays = resume.read(run_dir / resume.STATE_FILE)
-    record["run"] = {key: value for key, value in record["run"].items() if key not in ("train_time_s", "resumed_from")}
+    record["run"] = {key: value for key, value in record["run"].items()
+                     if key not in ("train_time_s", "total_time_s", "resumed_from")}
     return ({key: value for key, value in metrics.items() if key not in NOT_RESULTS},
             checkpoint.load(run_dir / "cifar_net.npz"), record, arrays)
 
@@ -117,11 +119,47 @@ def test_a_run_resumed_twice_and_a_finished_run_resumed_end_alike(uninterrupted,
     restore = interrupt_after(monkeypatch, 7)  # the resumed run restarts at step 6 of 20: stopped after step 13
     assert train_in_process("--resume", out)[0] == 130
     restore()
-    assert train_in_process("--resume", out)[0] == 0
-    code, stdout, stderr = train_in_process("--resume", out)  # finished: only the test runs again
+    code, stdout, stderr = train_in_process("--resume", out)
     assert code == 0, stderr
     assert printout(stdout) == printout(whole_stdout)
     assert_same_results(out, whole_dir)
+
+
+def folder_contents(folder):
+    return {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in sorted(folder.iterdir())}
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(uninterrupted):
+    whole_dir, _ = uninterrupted("numpy")
+    before = folder_contents(whole_dir)
+    code, stdout, stderr = train_in_process("--resume", whole_dir)
+    assert code == 0 and stderr == ""
+    assert stdout.splitlines() == [f"{whole_dir} is a finished run (2 of 2 epochs); nothing to do. To train it "
+                                   f"further pass --epochs N with N > 2"]
+    assert folder_contents(whole_dir) == before
+
+
+def test_a_finished_run_continued_for_more_epochs_equals_a_longer_run(data_root, tmp_path, monkeypatch):
+    longer = [*SMALL[:-1], "3"]  # SMALL's epochs, 2, made 3
+    code, longer_stdout, stderr = train_in_process("--backend", "numpy", "--data", data_root, "--out",
+                                                   tmp_path / "longer", *longer)
+    assert code == 0, stderr
+    out = tmp_path / "continued"
+    real_clock = time.perf_counter
+    with monkeypatch.context() as patch:  # the first 2 epochs took ages: each second a week by the run's clock
+        patch.setattr(time, "perf_counter", lambda: 604800 * real_clock())
+        assert train_in_process("--backend", "numpy", "--data", data_root, "--out", out, *SMALL)[0] == 0
+    first = json.loads((out / "metrics.json").read_text())["wall_time_s"]
+    code, _, stderr = train_in_process("--resume", out, "--epochs", "1")
+    assert code == 1 and "--epochs 1 conflicts with the resumed run's 2" in stderr
+    code, stdout, stderr = train_in_process("--resume", out, "--epochs", "3")
+    assert code == 0, stderr
+    assert printout(stdout) == printout(longer_stdout)
+    assert_same_results(out, tmp_path / "longer")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"] == [{"epoch": 3, "step": 0}]
+    # Both times are summed over the parts: the first part's week is in each (not only this process's seconds).
+    assert metrics["wall_time_s"]["train"] > first["train"] and metrics["wall_time_s"]["total"] > first["train"]
 
 
 def test_a_run_killed_at_any_moment_resumes_bit_identical(data_root, tmp_path):

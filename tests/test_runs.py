@@ -3,10 +3,12 @@
 import errno
 import fcntl
 import os
+import urllib.error
+import urllib.request
 
 import pytest
 
-from scratchnet import runs
+from scratchnet import cli, runs
 from test_resume import SMALL, train_in_process
 
 
@@ -31,8 +33,11 @@ def test_overwrite_replaces_a_run_says_so_and_spares_foreign_folders(tmp_path, d
     out.mkdir()
     (out / "metrics.json").write_text("{}")
     (out / ".checkpoint.npz.x1.partial").write_text("left by a killed writer")
+    (out / "tensorboard").mkdir()  # what --tensorboard writes goes too
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"")
     code, _, stderr = train_in_process("--backend", "numpy", "--data", data_root, "--out", out, "--overwrite", *SMALL)
     assert code == 0, stderr
+    assert not (out / "tensorboard").exists()
     assert f"note: --overwrite: replacing the run in {out}" in stderr.splitlines()
     assert (out / "metrics.json").read_text() != "{}" and not list(out.glob("*.partial"))
     (out / "notes.txt").write_text("mine")
@@ -76,6 +81,18 @@ def test_a_failed_start_leaves_no_empty_run_folder(tmp_path):
     code, _, stderr = train_in_process("--backend", "numpy", "--data", tmp_path / "no-data", "--out", tmp_path / "r")
     assert_refused(code, stderr, "CIFAR-10 not found")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failed_download_leaves_no_empty_data_or_runs_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv(cli.DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = train_in_process("--backend", "numpy", "--download")
+    assert_refused(code, stderr, "could not download", "no network")
+    assert os.listdir(tmp_path) == []  # neither data/ nor runs/
 
 
 def test_the_lock_is_an_exclusive_flock(tmp_path):
