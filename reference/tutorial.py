@@ -149,7 +149,8 @@ def _train_and_test(args, seed, run_dir):
                             limit=args.limit_train)
     trainloader = torch.utils.data.DataLoader(trainset, batch_size=batch_size, shuffle=True, num_workers=args.workers)
     testset = LocalCIFAR10(root=args.data, train=False, transform=transform, limit=args.limit_test)
-    testloader = torch.utils.data.DataLoader(testset, batch_size=batch_size, shuffle=False, num_workers=args.workers)
+    testloader = torch.utils.data.DataLoader(testset, batch_size=args.test_batch_size or batch_size, shuffle=False,
+                                             num_workers=args.workers)
     classes = CLASSES
     path = os.path.join(run_dir, WEIGHTS_FILE)
     data_time = time.perf_counter() - started

@@ -73,6 +73,9 @@ def add_training_arguments(parser):
     """The flags both tutorials share: data, schedule, seed, limits and output folder."""
     add_data_arguments(parser)
     parser.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set (default 2)")
+    parser.add_argument("--test-batch-size", type=positive_int, metavar="N",
+                        help="mini-batch size of the evaluation on the test set (default: --batch-size, as the "
+                             "tutorial); larger is faster and gives the same predictions")
     parser.add_argument("--lr", type=non_negative_float, default=0.001, help="SGD learning rate (default 0.001)")
     parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (default 0.9)")
     parser.add_argument("--seed", type=seed,
@@ -108,7 +111,7 @@ def explicit_flags(parser, argv):
 
 def config(args, **extra):
     """The run's settings as recorded in metrics.json."""
-    keys = ("epochs", "batch_size", "lr", "momentum", "log_every", "limit_train", "limit_test")
+    keys = ("epochs", "batch_size", "test_batch_size", "lr", "momentum", "log_every", "limit_train", "limit_test")
     return {**{key: getattr(args, key) for key in keys}, **extra}
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from scratchnet import backends, safe_pickle
 from scratchnet.backends.base import normalize_pixels as normalize
 from scratchnet.files import atomic_open, cache_folder, missing_folders, remove_empty_folders
+from scratchnet.transforms import take
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -302,6 +303,11 @@ class DataLoader:
     ``shuffle``, epoch k visits ``np.random.default_rng(seed).permutation(n)`` drawn
     for the k-th time from that one Generator; without it, the dataset order.
 
+    ``transform`` (``scratchnet.transforms``) augments each batch before it is normalized, with
+    decisions drawn from a second generator seeded from ``seed``, drawn for each global batch (a worker
+    applies its share), so N workers see what one worker at N times the batch sees. ``drop_last``
+    drops a last batch smaller than the others, as torch's DataLoader does.
+
     Data-parallel: with ``workers`` > 1 the order is cut into global batches of
     ``workers * batch_size`` and worker ``rank`` (0-based) yields its slice of each,
     so every worker, given the same seed, walks the same global permutation. The last
@@ -309,7 +315,8 @@ class DataLoader:
     it is dropped if it holds fewer images than workers.
     """
 
-    def __init__(self, dataset, batch_size, shuffle=False, seed=None, backend=None, dtype=None, rank=0, workers=1):
+    def __init__(self, dataset, batch_size, shuffle=False, seed=None, backend=None, dtype=None, rank=0, workers=1,
+                 transform=None, drop_last=False):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if len(dataset) == 0:
@@ -317,9 +324,11 @@ class DataLoader:
         if not 0 <= rank < workers:
             raise ValueError(f"DataLoader: rank must lie in [0, workers), got rank {rank} of {workers} workers")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.rank, self.workers = rank, workers
+        self.rank, self.workers, self.transform, self.drop_last = rank, workers, transform, drop_last
         self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
         self._rng = np.random.default_rng(seed)
+        # Its own stream, so that augmenting leaves the shuffle order (a documented contract) as it is.
+        self._augment_rng = self._rng.spawn(1)[0]
         self._pixels = hasattr(dataset, "pixels")
         self._dtype = dtype
         self._data = self.backend.asarray(dataset.pixels if self._pixels else dataset.data,
@@ -337,32 +346,48 @@ class DataLoader:
 
     @property
     def order_state(self):
-        """The shuffle generator's state (a plain dict): restoring it replays the epochs drawn from it since."""
-        return self._rng.bit_generator.state
+        """The shuffle generator's state (a plain dict), with a transform also the augmentation generator's:
+        restoring it replays the epochs drawn since."""
+        if self.transform is None:
+            return self._rng.bit_generator.state
+        return {"order": self._rng.bit_generator.state, "augment": self._augment_rng.bit_generator.state}
 
     @order_state.setter
     def order_state(self, state):
+        if "augment" in state:
+            self._augment_rng.bit_generator.state = state["augment"]
+            state = state["order"]
         self._rng.bit_generator.state = state
 
     def __len__(self):
         full, rest = divmod(len(self.dataset), self.global_batch_size)
-        return full + (rest >= self.workers)
+        return full + (rest >= self.workers and not self.drop_last)
 
     def __iter__(self):
         return self.batches()
 
     def batches(self, skip=0):
-        """One epoch's batches after the first ``skip`` (whose order is drawn all the same): a resumed epoch."""
+        """One epoch's batches after the first ``skip`` (whose order and augmentation are drawn all the same):
+        a resumed epoch."""
         n, size = len(self.dataset), self.global_batch_size
         order = self.backend.asarray(self._rng.permutation(n)) if self.shuffle else None
-        for start in range(skip * size, n, size):
+        for number, start in enumerate(range(0, n, size)):
             share = min(size, n - start) // self.workers
-            if share == 0:
+            if share == 0 or (self.drop_last and share < self.batch_size):
                 return
+            decisions = None
+            if self.transform is not None:
+                shape = (share * self.workers,) + tuple(self._data.shape[1:])
+                decisions = take(self.transform.decide(self._augment_rng, shape),
+                                 slice(self.rank * share, (self.rank + 1) * share))
+            if number < skip:
+                continue
             first = start + self.rank * share
             if order is None:
                 x, y = self._data[first:first + share], self._targets[first:first + share]
             else:
                 index = order[first:first + share]
                 x, y = self._data[index], self._targets[index]
+            if decisions is not None:
+                x = self.transform.apply(self.backend.xp, x, decisions)
             yield (self.backend.normalize_pixels(x, self._dtype) if self._pixels else x), y

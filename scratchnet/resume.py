@@ -43,8 +43,9 @@ class TrainingState:
     order_state: dict = None
 
 
-def save(path, net, optimizer, state, run):
-    """Write ``state``, ``net``'s parameters, ``optimizer``'s buffers and the ``run`` record to ``path`` atomically."""
+def save(path, net, optimizer, state, run, scheduler=None):
+    """Write ``state``, ``net``'s parameters, ``optimizer``'s state, ``scheduler``'s (if any) and the ``run``
+    record to ``path`` atomically."""
     arrays = {f"param/{name}": value for name, value in net.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     scalars = {}
@@ -57,7 +58,8 @@ def save(path, net, optimizer, state, run):
     arrays["epoch_step_losses"] = np.asarray(state.epoch_step_losses, dtype=np.float64)
     record = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "loss_curve": state.loss_curve,
               "epoch_losses": state.epoch_losses, "order_state": state.order_state, "run": run,
-              "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars}}
+              "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
+              "scheduler": None if scheduler is None else scheduler.state_dict()}
     text = json.dumps(record, allow_nan=False)  # what reaches a checkpoint is finite: fit stops at a NaN first
     arrays[_RECORD] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     checkpoint.save_npz(path, arrays)
@@ -90,8 +92,9 @@ def read(path):
     return record, arrays
 
 
-def restore(path, record, arrays, net, optimizer, loader):
-    """Put the saved parameters, buffers and shuffle state into ``net``, ``optimizer`` and ``loader``.
+def restore(path, record, arrays, net, optimizer, loader, scheduler=None):
+    """Put the saved parameters, optimizer state, schedule and shuffle state into ``net``, ``optimizer``,
+    ``scheduler`` and ``loader``.
 
     Returns the TrainingState to hand ``fit``. Every array must be a finite float of
     the shape the run's network has.
@@ -100,6 +103,11 @@ def restore(path, record, arrays, net, optimizer, loader):
     try:
         net.load_state_dict({name: _finite(path, f"param/{name}", arrays) for name in names})
         optimizer.load_state_dict(_optimizer_state(path, record, arrays, optimizer))
+        if (record.get("scheduler") is None) != (scheduler is None):
+            raise ValueError("the run was saved with a learning-rate schedule" if scheduler is None
+                             else "the run was saved without a learning-rate schedule")
+        if scheduler is not None:
+            scheduler.load_state_dict(record["scheduler"])
         losses = _finite(path, "epoch_step_losses", arrays)
         if losses.shape != (record["step"],):
             raise ValueError(f"{losses.size} losses saved for step {record['step']}")

@@ -33,7 +33,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progress=False, capture=True,
-        state=None, average_losses=None):
+        state=None, average_losses=None, scheduler=None, scheduler_interval="step"):
     """Train as the tutorial's loop does; return (loss_curve, epoch_losses, step_losses).
 
     Each step's loss stays a backend array, written into a per-epoch array on the
@@ -54,12 +54,19 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
 
     Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
     the host losses are averaged over the workers before they are checked and reported.
+
+    ``scheduler`` (``scratchnet.optim.lr_scheduler``) steps after every optimizer step
+    (``scheduler_interval="step"``) or after every epoch (``"epoch"``); a CUDA graph would replay the
+    first rate, so with a scheduler every step runs eagerly. Its state is part of ``resume``'s checkpoint.
     """
+    if scheduler_interval not in ("step", "epoch"):
+        raise ValueError(f"fit: scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
     average = average_losses or np.asarray
     xp = loader.backend.xp
     state = state if state is not None else resume.TrainingState()
     take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
-                                            label_pool=loader.targets, capture=capture)
+                                            label_pool=loader.targets, capture=capture and scheduler is None)
+    per_step = scheduler if scheduler_interval == "step" else None
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = state.loss_curve, state.epoch_losses, []
     for epoch in range(state.epoch, epochs + 1):
@@ -72,6 +79,8 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                        disable=not progress, initial=done, total=steps)
         for index, (images, labels) in enumerate(batches, start=done):
             _, losses[index] = take_step(images, labels)
+            if per_step is not None:
+                per_step.step()
             step = index + 1
             if step % log_every == 0:
                 window = _finite_window(loader.backend, losses, checked, step, epoch, average)
@@ -85,6 +94,8 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
                     on_log(state)
         _finite_window(loader.backend, losses, checked, steps, epoch, average)
         _check_weights(net, epoch, steps)
+        if scheduler is not None and per_step is None:
+            scheduler.step()
         epoch_loss = average(loader.backend.to_numpy(losses))
         epoch_losses.append(float(epoch_loss.mean()))
         step_losses.append(epoch_loss)
@@ -323,18 +334,19 @@ def _train_and_test(args, backend, seed, folder, started, comm):
         save_checkpoint(state)
 
     test_started = time.perf_counter()
+    test_batch = args.test_batch_size or args.batch_size
     if args.distributed:
-        predictions, summary = distributed.evaluate(net, testset, args.batch_size, backend, comm, dtype,
+        predictions, summary = distributed.evaluate(net, testset, test_batch, backend, comm, dtype,
                                                     shown=plots.GRID_IMAGES)
     else:
-        predictions, summary = evaluate(net, testset, args.batch_size, backend, dtype)
+        predictions, summary = evaluate(net, testset, test_batch, backend, dtype)
     test_time = time.perf_counter() - test_started
     for line in report.test_report_lines(testset.targets, predictions, summary, testset.classes):
         print(line)
 
     if board is not None:
         step = args.epochs * len(trainloader)
-        board.log_test(step, summary, class_probabilities(net, testset, args.batch_size, backend, dtype), testset,
+        board.log_test(step, summary, class_probabilities(net, testset, test_batch, backend, dtype), testset,
                        predictions)
         board.close()
     metrics = metrics_of(summary)

@@ -254,3 +254,14 @@ def test_accuracy_benchmark_runs_both_frameworks_and_writes_json(data_root, tmp_
         assert (tmp_path / "runs" / f"{framework}-seed3" / "metrics.json").exists()
     assert record["machine"]["cpu_count"] >= 1 and "torch" in record["versions"]["pytorch"]
     assert "| scratchnet |" in result.stdout and "| pytorch |" in result.stdout
+
+
+def test_a_larger_test_batch_prints_the_same_report(data_root, tmp_path):
+    args = ["--backend", "numpy", "--data", data_root, "--epochs", "1", "--limit-train", "40", "--limit-test", "100",
+            "--log-every", "5", "--seed", "5"]
+    runs = [run_cli("scratchnet.train", *args, "--out", tmp_path / name, *extra)
+            for name, extra in [("tutorial", []), ("wide", ["--test-batch-size", "50"])]]
+    assert all(result.returncode == 0 for result in runs), runs[-1].stderr
+    printed = [[line for line in result.stdout.splitlines() if not line.startswith("Run folder")] for result in runs]
+    assert printed[0] == printed[1] and any(line.startswith("Accuracy of the network") for line in printed[0])
+    assert json.loads((tmp_path / "wide" / "metrics.json").read_text())["config"]["test_batch_size"] == 50

@@ -128,6 +128,13 @@ class MultiStepLR(LRScheduler):
             return self._current_lrs()
         return [group["lr"] * self.gamma ** self.milestones[self.last_epoch] for group in self.optimizer.param_groups]
 
+    def state_dict(self):
+        """As the base's, with the milestones as a sorted list (a checkpoint's JSON keeps no int keys)."""
+        return {**super().state_dict(), "milestones": sorted(self.milestones.elements())}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict({**state_dict, "milestones": Counter(state_dict["milestones"])})
+
     def _closed_form_lr(self):
         milestones = sorted(self.milestones.elements())
         return [base_lr * self.gamma ** bisect.bisect_right(milestones, self.last_epoch) for base_lr in self.base_lrs]

@@ -14,6 +14,9 @@ class Optimizer:
     not given take the optimizer's defaults). ``param_groups`` holds the groups, ``state`` each
     parameter's state (a dict, empty before its first update)."""
 
+    # Whether a captured CUDA graph of the update may be replayed (its host scalars fixed): each optimizer says.
+    replayable = False
+
     def __init__(self, params, defaults):
         self.defaults = dict(defaults)
         self.param_groups = []

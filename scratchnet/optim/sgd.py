@@ -13,6 +13,10 @@ class SGD(Optimizer):
     buffers are the state's ``momentum_buffer``.
     """
 
+    # Its update reads no host value that changes from step to step, so a CUDA graph may replay it
+    # (while no schedule changes the rate).
+    replayable = True
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov))

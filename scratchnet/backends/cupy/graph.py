@@ -55,7 +55,8 @@ class CapturedStep:
         self._step, self._batch_size, self._label_pool = step, batch_size, label_pool
         self._stream = cupy.cuda.Stream(non_blocking=True)  # capture needs a stream other than the legacy one
         self._warmed_up = False
-        self._capturable = True
+        # An update whose scalars change every step (Adam's bias corrections) would replay the captured ones.
+        self._capturable = getattr(getattr(step, "optimizer", None), "replayable", True)
         self._graph = None
 
     def __call__(self, images, labels):
