@@ -19,6 +19,7 @@ from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
 from scratchnet.evaluate import evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
+from scratchnet.step import compile_step
 
 WEIGHTS_FILE = "cifar_net.npz"
 
@@ -48,7 +49,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     bit for bit where the saved run stopped.
 
     Each step is the backend's compiled form of the model's training step
-    (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
+    (``step.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
     a GPU), whose results equal the eager step's.
 
     Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
@@ -57,8 +58,8 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     average = average_losses or np.asarray
     xp = loader.backend.xp
     state = state if state is not None else resume.TrainingState()
-    take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
-                                            label_pool=loader.targets, capture=capture)
+    take_step = compile_step(net, criterion, optimizer, loader.batch_size, label_pool=loader.targets,
+                             capture=capture)
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = state.loss_curve, state.epoch_losses, []
     for epoch in range(state.epoch, epochs + 1):
