@@ -257,6 +257,8 @@ class CrossEntropyArguments:
         Array methods only, so numpy and cupy arrays both stay where they are."""
         if logits.ndim == 1:
             return logits[None], target[None]
+        if logits.ndim == 2:
+            return logits, target  # rows already
         classes, class_last = logits.shape[1], (0,) + tuple(range(2, logits.ndim)) + (1,)
         logit_rows = logits.transpose(class_last).reshape(-1, classes)
         target_rows = target.transpose(class_last).reshape(-1, classes) if probabilities else target.reshape(-1)
@@ -267,6 +269,8 @@ class CrossEntropyArguments:
         """Per-row values (rows,) or (rows, C) back in the logits' layout, C-ordered."""
         if len(logits_shape) == 1:
             return rows[0]
+        if len(logits_shape) == 2:
+            return rows  # the logits' layout already: the backends return new C-ordered arrays
         if rows.ndim == 1:
             return rows.reshape(logits_shape[:1] + logits_shape[2:])
         moved = rows.reshape(logits_shape[:1] + logits_shape[2:] + logits_shape[1:2])

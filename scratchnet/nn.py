@@ -505,6 +505,7 @@ class CrossEntropyLoss(Module):
         self._args.caller = self  # input errors name the loss; its repr is built only for the message
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self._weights = {}  # (backend name, dtype) -> the class weights there, copied once
+        self._checked = None  # the signature of the last input checked
 
     @property
     def weight(self):
@@ -532,19 +533,23 @@ class CrossEntropyLoss(Module):
         ``check_label_values=False`` skips it for CUDA graph capture, where that is not
         allowed, and the caller checks with ``check_class_indices`` before each replay.
         """
-        self.backend = backends.for_array(logits, self.backend)  # no parameters: it follows its logits
-        self.backend.check_array(logits, self)
-        self.backend.check_array(target, self._target_name)
-        args = self._args
-        probabilities = args.check(logits, target)
-        logit_rows, target_rows = args.rows(logits, target, probabilities)
-        if check_label_values and not probabilities:
+        backend, args = self.backend, self._args
+        if not backend.owns(logits):  # no parameters: it follows its logits
+            backend = backends.for_array(logits)
+        signature = (backend, type(logits), logits.shape, logits.dtype, type(target), target.shape, target.dtype)
+        if signature != self._checked:  # the checks depend on nothing else: once per signature
+            self.backend = backend
+            backend.check_array(logits, self)
+            backend.check_array(target, self._target_name)
+            self._probabilities = args.check(logits, target)
+            self._checked = signature
+        logit_rows, target_rows = args.rows(logits, target, self._probabilities)
+        if check_label_values and not self._probabilities:
             check_class_indices(target_rows, logit_rows.shape[1], self, args.ignore_index)
-        loss, self._saved_loss = self.backend.cross_entropy_forward(
-            logit_rows, target_rows, self._weight_for(logits), args.ignore_index, args.reduction,
-            args.label_smoothing)
-        self._logits_shape = tuple(logits.shape)
-        return args.unrows(loss, self._logits_shape) if args.reduction == "none" else loss
+        loss, saved = backend.cross_entropy_forward(logit_rows, target_rows, self._weight_for(logits),
+                                                    args.ignore_index, args.reduction, args.label_smoothing)
+        self._saved_loss = saved, logits.shape
+        return args.unrows(loss, logits.shape) if args.reduction == "none" else loss
 
     @functools.cached_property
     def _target_name(self):
@@ -562,12 +567,12 @@ class CrossEntropyLoss(Module):
     def backward(self, grad_out=None):
         """d loss / d logits. ``grad_out`` is the upstream gradient: None (1) for 'mean' and 'sum',
         required for 'none', of the loss's shape."""
-        saved = self._saved("_saved_loss")
+        saved, logits_shape = self._saved("_saved_loss")
         if self.reduction == "none":
             if grad_out is None:
                 raise ValueError(f"{self!r}.backward needs the upstream gradient of the per-element loss")
-            expected = self._logits_shape[:1] + self._logits_shape[2:] if len(self._logits_shape) > 1 else ()
+            expected = logits_shape[:1] + logits_shape[2:] if len(logits_shape) > 1 else ()
             grad_out = self._grad_out(grad_out, expected).reshape(-1)
         grad = self.backend.cross_entropy_backward(saved, grad_out)
-        return self._args.unrows(grad, self._logits_shape)
+        return self._args.unrows(grad, logits_shape)
 

@@ -10,13 +10,15 @@ which needs no input gradient (as torch skips it for an input that does not requ
 A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
 
 ``compile_step`` and ``compile_forward`` pick the form from what the model's backend
-advertises (``Backend.fused_training``, ``fused_inference``, ``accelerate_step``); the
-backends import nothing of this module.
+advertises (``Backend.fused_training``, ``fused_inference``, ``has_workspaces``,
+``capture_step``); the backends import nothing of this module.
 """
 
 import functools
+import math
 
 from scratchnet import functional, nn
+from scratchnet.geometry import check_class_indices
 
 
 def compile_step(model, criterion, optimizer, batch_size, label_pool=None, capture=True):
@@ -32,7 +34,11 @@ def compile_step(model, criterion, optimizer, batch_size, label_pool=None, captu
     backend = model.backend
     if not backend.fused_training:
         return functools.partial(eager_step, model, criterion, optimizer)
-    return backend.accelerate_step(FusedStep(model, criterion, optimizer), batch_size, label_pool, capture)
+    step = FusedStep(model, criterion, optimizer)
+    captured = backend.capture_step(step, batch_size, label_pool) if capture else step
+    if captured is step:
+        step.label_pool = label_pool  # no graph to check the pool once: the step does
+    return captured
 
 
 def compile_forward(model):
@@ -54,31 +60,69 @@ def eager_step(model, criterion, optimizer, images, labels, check_label_values=T
 
 
 class FusedStep:
-    """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``."""
+    """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``.
+
+    On a backend with workspaces (``Backend.workspace``) each stage gets one per input
+    signature, made after one checked forward of the stages has shown every stage's input
+    shape, and kept for the inputs to come (a full batch and an epoch's last, smaller one);
+    the logits then come out of a workspace and are copied, as the next step overwrites them.
+
+    ``label_pool``, when set, holds every label the batches will carry (class indices): it
+    is checked once, at the next step, instead of each batch's labels.
+    """
 
     def __init__(self, model, criterion, optimizer):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
+        self.label_pool = None
         self.stages = plan(model)
-        # A backend may run a plain cross-entropy through kernels of its own: its options, else None.
-        self.loss_options = ((criterion.weight, criterion.ignore_index, criterion.reduction, criterion.label_smoothing)
-                             if type(criterion) is nn.CrossEntropyLoss else None)
         # A stage's input gradient is needed only when some stage before it has parameters.
-        self.needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
-                                  for index in range(len(self.stages))]
+        needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
+                            for index in range(len(self.stages))]
+        # The backward's stages, last first, down to the first that has parameters (it needs no input gradient).
+        backward = [(index, need) for index, (stage, need) in enumerate(zip(self.stages, needs_input_grad))
+                    if need or stage.has_parameters]
+        self._backward = backward[::-1]
+        self._parameters = list(model.parameters())
+        self._check_labels = True
+        self._workspaces = {}  # input signature -> a workspace or None per stage
+        self._no_workspaces = [None] * len(self.stages)
 
     def __call__(self, images, labels, check_label_values=True):
+        workspaces = self._workspaces_for(images) if self.model.backend.has_workspaces else self._no_workspaces
         self.optimizer.zero_grad()
         x = images
-        for stage in self.stages:
-            x = stage.forward(x)
-        loss = self.criterion.forward_array(x, labels, check_label_values)
+        for stage, workspace in zip(self.stages, workspaces):
+            x = stage.forward(x, workspace)
+        if self.label_pool is not None and check_label_values:
+            check_class_indices(self.label_pool, x.shape[1 if x.ndim > 1 else 0], "label_pool")
+            self.label_pool, self._check_labels = None, False  # checked: every batch's labels are in it
+        loss = self.criterion.forward_array(x, labels, check_label_values and self._check_labels)
         grad = self.criterion.backward()
-        for stage, need_input_grad in zip(reversed(self.stages), reversed(self.needs_input_grad)):
-            if not (need_input_grad or stage.has_parameters):
-                break
-            grad = stage.backward(grad, need_input_grad)
+        stages = self.stages
+        for index, need_input_grad in self._backward:
+            grad = stages[index].backward(grad, need_input_grad, workspaces[index])
         self.optimizer.step()
-        return x, loss
+        return (x if workspaces is self._no_workspaces else x.copy()), loss
+
+    def _workspaces_for(self, images):
+        first = self._parameters[0].data if self._parameters else images
+        signature = (type(images), images.shape, images.dtype, type(first), first.dtype)
+        workspaces = self._workspaces.get(signature)
+        if workspaces is None:
+            shapes, x = [], images
+            for stage in self.stages:  # checks the input as the step would, and shows each stage's input shape
+                shapes.append(x.shape)
+                x = stage.forward(x)
+            backend = self.model.backend
+            workspaces = [stage.workspace(shape, backend) for stage, shape in zip(self.stages, shapes)]
+            if len(self._workspaces) >= _SIGNATURES_KEPT:
+                self._workspaces.clear()
+            self._workspaces[signature] = workspaces
+        return workspaces
+
+
+# Input signatures whose workspaces a step keeps: a full batch and an epoch's last, smaller one, with room.
+_SIGNATURES_KEPT = 4
 
 
 def fused_forward(model):
@@ -93,6 +137,20 @@ def fused_forward(model):
     return forward
 
 
+def _plain_conv_relu_pool(run):
+    return run[0].plain_geometry() is not None and run[2].plain_geometry() is not None
+
+
+# The plan: runs of layer types, whether a run qualifies, and the stage it becomes; the first match wins, and a
+# layer no pattern takes runs as itself. A new fused op is one row here and one stage class below.
+PATTERNS = [
+    ((nn.Conv2d, nn.ReLU, nn.MaxPool2d), _plain_conv_relu_pool, lambda run: ConvReLUPoolStage(run[0], run[2])),
+    ((nn.Linear, nn.ReLU), None, lambda run: LinearStage(run[0], relu=True)),
+    ((nn.Linear,), None, lambda run: LinearStage(run[0], relu=False)),
+    ((nn.Flatten,), None, lambda run: FlattenStage(run[0])),
+]
+
+
 def plan(model):
     """The stages of ``model``'s step: fused runs where the layers allow, single layers elsewhere."""
     if not isinstance(model, nn.Sequential):
@@ -100,13 +158,13 @@ def plan(model):
     layers = list(_leaves(model))
     stages, index = [], 0
     while index < len(layers):
-        run = layers[index:index + 3]
-        if _is_conv_relu_pool(run):
-            stages.append(ConvReLUPoolStage(run[0], run[2]))
-            index += 3
-        elif _is_linear_relu(run[:2]):
-            stages.append(LinearReLUStage(run[0]))
-            index += 2
+        for types, qualifies, stage in PATTERNS:
+            run = layers[index:index + len(types)]
+            if (len(run) == len(types) and all(type(layer) is kind for layer, kind in zip(run, types))
+                    and (qualifies is None or qualifies(run))):
+                stages.append(stage(run))
+                index += len(types)
+                break
         else:
             stages.append(LayerStage(layers[index]))
             index += 1
@@ -121,20 +179,11 @@ def _leaves(sequential):
             yield layer
 
 
-def _is_conv_relu_pool(run):
-    """A conv -> ReLU -> max-pool run of the plain geometry the fused ops take."""
-    return (len(run) == 3 and type(run[0]) is nn.Conv2d and type(run[1]) is nn.ReLU
-            and type(run[2]) is nn.MaxPool2d and run[0].plain_geometry() is not None
-            and run[2].plain_geometry() is not None)
-
-
-def _is_linear_relu(run):
-    return len(run) == 2 and type(run[0]) is nn.Linear and type(run[1]) is nn.ReLU
-
-
-# Stages name what they compute in ``op`` (the fused backend op, or the single layer's), so that a backend
-# can lay out buffers for them without importing this module.
-_LAYER_OPS = {nn.Linear: "linear", nn.Flatten: "flatten"}
+# A stage: ``forward(x, workspace=None)``, ``backward(grad, need_input_grad, workspace=None)`` (the input gradient,
+# or None when not needed), ``workspace(x_shape, backend)`` (one from the backend, or None) and ``has_parameters``.
+# A stage checks its input as its layers would, once per input signature; a workspace is made only for inputs
+# already checked (``FusedStep`` runs one checked forward first), so a call with one skips the checks. Stages
+# hold their layers' Parameters, which a move (``.to``) keeps, putting new arrays inside.
 
 
 class LayerStage:
@@ -142,14 +191,38 @@ class LayerStage:
 
     def __init__(self, layer):
         self.layer = layer
-        self.op = _LAYER_OPS.get(type(layer), "layer")
         self.has_parameters = any(True for _ in layer.parameters())
 
-    def forward(self, x):
+    def workspace(self, x_shape, backend):
+        return None
+
+    def forward(self, x, workspace=None):
         return self.layer(x)
 
-    def backward(self, grad, need_input_grad):
+    def backward(self, grad, need_input_grad, workspace=None):
         return self.layer.backward(grad, need_input_grad)
+
+
+class FlattenStage:
+    """``Flatten``: the input's rows as a view, and the gradient viewed back."""
+
+    has_parameters = False
+
+    def __init__(self, flatten):
+        self.layer, self._checked = flatten, None
+
+    def workspace(self, x_shape, backend):
+        return None
+
+    def forward(self, x, workspace=None):
+        if (type(x), x.shape) != self._checked:
+            self.layer.forward(x)  # checks the input
+            self._checked = type(x), x.shape
+        self._x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad, need_input_grad, workspace=None):
+        return grad.reshape(self._x_shape)
 
 
 class ConvReLUPoolStage:
@@ -161,63 +234,74 @@ class ConvReLUPoolStage:
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
+        self.weight, self.bias = conv.weight, conv.bias  # Parameters: a move (``.to``) keeps them, new arrays inside
         self.geometry = conv.plain_geometry() + pool.plain_geometry()  # stride, padding, pool kernel, pool stride
         self._checked = None
 
-    def forward(self, x):
-        conv, pool = self.conv, self.pool
-        if _input_signature(x, conv) != self._checked:  # the checks depend on nothing else: once per signature
-            pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
+    def workspace(self, x_shape, backend):
+        weight = self.weight.data
+        return backend.workspace(self.op, x_shape, weight.shape, weight.dtype, self.geometry)
+
+    def forward(self, x, workspace=None):
+        conv, bias = self.conv, self.bias
+        if workspace is None and _input_signature(x, conv) != self._checked:  # once per signature (see above)
+            self.pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
             self._checked = _input_signature(x, conv)
         self._x, self._unbatched = functional.batched(x, 3)
-        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(self._x, conv.weight.data, _data(conv.bias),
-                                                                     *self.geometry)
+        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(
+            self._x, self.weight.data, None if bias is None else bias.data, *self.geometry, workspace)
         return y[0] if self._unbatched else y
 
-    def backward(self, grad, need_input_grad):
-        conv = self.conv
-        grad_x = conv.backend.conv2d_relu_max_pool2d_backward(
-            self._x, conv.weight.data, self._saved, grad[None] if self._unbatched else grad, *self.geometry,
-            conv.weight.grad, _grad(conv.bias), need_input_grad)
+    def backward(self, grad, need_input_grad, workspace=None):  # the forward's ``saved`` holds its workspace
+        weight, bias = self.weight, self.bias
+        grad_x = self.conv.backend.conv2d_relu_max_pool2d_backward(
+            self._x, weight.data, self._saved, grad[None] if self._unbatched else grad, *self.geometry, weight.grad,
+            None if bias is None else bias.grad, need_input_grad)
         return grad_x[0] if self._unbatched and grad_x is not None else grad_x
 
 
-class LinearReLUStage:
-    """``relu(linear(x))`` through one fused backend op each way."""
+class LinearStage:
+    """``linear(x)``, or ``relu(linear(x))`` through one fused backend op each way."""
 
     has_parameters = True
-    op = "linear_relu"
 
-    def __init__(self, linear):
-        self.layer = linear
+    def __init__(self, linear, relu):
+        self.layer, self.relu = linear, relu
+        self.weight, self.bias = linear.weight, linear.bias
+        self.op = "linear_relu" if relu else "linear"
         self._checked = None
 
-    def forward(self, x):
-        linear = self.layer
-        if _input_signature(x, linear) != self._checked:
-            self._shape = linear.output_shape(x)
-            self._checked = _input_signature(x, linear)
-        shape = self._shape
-        self._x_shape, self._x = x.shape, linear.rows(x)
-        self._y = linear.backend.linear_relu_forward(self._x, linear.weight.data, _data(linear.bias))
-        return self._y.reshape(shape)
+    def workspace(self, x_shape, backend):
+        weight = self.weight.data
+        rows = (math.prod(x_shape[:-1]), x_shape[-1])  # the backend computes on rows: leading axes folded
+        return backend.workspace(self.op, rows, weight.shape, weight.dtype)
 
-    def backward(self, grad, need_input_grad):
-        linear = self.layer
-        grad_x = linear.backend.linear_relu_backward(self._x, linear.weight.data, self._y,
-                                                     grad.reshape(self._y.shape), linear.weight.grad,
-                                                     _grad(linear.bias), need_input_grad)
-        return None if grad_x is None else grad_x.reshape(self._x_shape)
+    def forward(self, x, workspace=None):
+        linear, bias = self.layer, self.bias
+        if workspace is None and _input_signature(x, linear) != self._checked:
+            linear.output_shape(x)  # checks the input
+            self._checked = _input_signature(x, linear)
+        self._x_shape, self._x = x.shape, linear.rows(x)
+        backend = linear.backend
+        forward = backend.linear_relu_forward if self.relu else backend.linear_forward
+        self._y = forward(self._x, self.weight.data, None if bias is None else bias.data, workspace)
+        return self._y if x.ndim == 2 else self._y.reshape(x.shape[:-1] + (linear.out_features,))
+
+    def backward(self, grad, need_input_grad, workspace=None):
+        weight, bias, backend = self.weight, self.bias, self.layer.backend
+        grad_bias = None if bias is None else bias.grad
+        if grad.ndim != 2:
+            grad = grad.reshape(self._y.shape)
+        if self.relu:
+            grad_x = backend.linear_relu_backward(self._x, weight.data, self._y, grad, weight.grad, grad_bias,
+                                                  need_input_grad, workspace)
+        else:
+            grad_x = backend.linear_backward(self._x, weight.data, grad, weight.grad, grad_bias, need_input_grad,
+                                             workspace)
+        return grad_x if grad_x is None or len(self._x_shape) == 2 else grad_x.reshape(self._x_shape)
 
 
 def _input_signature(x, layer):
     """What a layer's input checks depend on: the input's array type, shape and dtype, and the layer's dtype."""
     return type(x), x.shape, x.dtype, type(layer.weight.data), layer.weight.data.dtype
 
-
-def _data(param):
-    return None if param is None else param.data
-
-
-def _grad(param):
-    return None if param is None else param.grad

@@ -107,11 +107,12 @@ class Backend:
         """``grad_y`` wherever the forward's output ``y`` is not <= 0 (NaN included, as torch), else 0."""
         raise NotImplementedError
 
-    def linear_forward(self, x, weight, bias):
-        """``x @ weight.T + bias`` for (N, in) ``x`` (``nn.Linear`` folds leading axes into N); ``bias`` may be None."""
+    def linear_forward(self, x, weight, bias, workspace=None):
+        """``x @ weight.T + bias`` for (N, in) ``x`` (``nn.Linear`` folds leading axes into N); ``bias`` may be
+        None; ``workspace`` one of ``self.workspace("linear", ...)`` or None."""
         raise NotImplementedError
 
-    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True, workspace=None):
         """As ``conv2d_backward``: gradients added into ``grad_weight`` / ``grad_bias``; return grad_x or None."""
         raise NotImplementedError
 
@@ -154,8 +155,10 @@ class Backend:
     # dilation, one group, and a square floor-mode pool window without padding or dilation
     # (``scratchnet.step`` fuses only such layers).
 
-    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
-        """max_pool2d(relu(conv2d(x))). Return (y, saved): ``saved`` is what the backward needs."""
+    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride,
+                                       workspace=None):
+        """max_pool2d(relu(conv2d(x))). Return (y, saved): ``saved`` is what the backward needs (with a
+        workspace, it keeps it there)."""
         conv = _plain_conv(stride, padding)
         relu_y = self.relu_forward(self.conv2d_forward(x, weight, bias, *conv))
         y, indices = self.max_pool2d_forward(relu_y, *_plain_pool(pool_kernel, pool_stride), False)
@@ -170,14 +173,27 @@ class Backend:
         return self.conv2d_backward(x, weight, grad_conv, *_plain_conv(stride, padding), grad_weight, grad_bias,
                                     need_input_grad)
 
-    def linear_relu_forward(self, x, weight, bias):
+    def linear_relu_forward(self, x, weight, bias, workspace=None):
         """relu(linear(x)); the backward takes this output back."""
         return self.relu_forward(self.linear_forward(x, weight, bias))
 
-    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True):
+    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True,
+                             workspace=None):
         """As ``linear_backward``, given the forward's output ``y``."""
         return self.linear_backward(x, weight, self.relu_backward(grad_y, y), grad_weight, grad_bias,
                                     need_input_grad)
+
+    # ---- workspaces --------------------------------------------------------------------------
+
+    has_workspaces = False  # whether ``workspace`` ever gives one
+
+    def workspace(self, op, x_shape, weight_shape, dtype, geometry=()):
+        """Buffers and layouts, made once, for calls of ``op`` ("conv2d_relu_max_pool2d", "linear" or
+        "linear_relu") on inputs of ``x_shape`` and ``dtype`` with weights of ``weight_shape`` (and the fused
+        op's int ``geometry``). The op's forward and backward take it as ``workspace`` and then allocate
+        nothing: what they return lies in the workspace, and their next call with it overwrites it. None
+        where this backend has none for the op (this default): each call then allocates its own."""
+        return None
 
     # ---- training-step capabilities ----------------------------------------------------------
     # ``scratchnet.step`` builds the training step and reads these; no backend imports it.
@@ -185,9 +201,10 @@ class Backend:
     fused_training = False  # whether the step runs the fused stages (else the plain eager step: the reference)
     fused_inference = False  # whether inference runs the fused stages (else the model itself)
 
-    def accelerate_step(self, step, batch_size, label_pool, capture):
-        """The fused step ``step`` (``scratchnet.step.FusedStep``) in this backend's fastest form, with the
-        same results: see ``scratchnet.step.compile_step`` for the arguments. This default is the step itself."""
+    def capture_step(self, step, batch_size, label_pool):
+        """``step`` (``scratchnet.step.FusedStep``) recorded once and replayed, with the same results (see
+        ``scratchnet.step.compile_step`` for the arguments); this default, for backends without graph
+        capture, is the step itself."""
         return step
 
     # How a data-parallel job exchanges this backend's arrays (``scratchnet.distributed``): "mpi" for host

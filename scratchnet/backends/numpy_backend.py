@@ -120,13 +120,13 @@ class NumpyBackend(Backend):
     def relu_backward(self, grad_y, y):
         return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(grad_y.dtype, copy=False))
 
-    def linear_forward(self, x, weight, bias):
+    def linear_forward(self, x, weight, bias, workspace=None):
         y = x @ weight.T
         if bias is not None:
             y += bias
         return y
 
-    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True, workspace=None):
         grad_weight += grad_y.T @ x
         if grad_bias is not None:
             grad_bias += grad_y.sum(axis=0)

@@ -12,7 +12,7 @@ go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
 Both routes are deterministic: cuBLAS on one stream is, and our kernels never
 use atomics. Dense products split the same way: small ones (the tutorial's
 linear layers) run our one-launch ``matmul_direct``, which also lets a training
-step be captured into a CUDA graph (``graph``, returned by ``accelerate_step``): CuPy refuses
+step be captured into a CUDA graph (``graph``, returned by ``capture_step``): CuPy refuses
 cuBLAS calls during stream capture.
 """
 
@@ -264,10 +264,10 @@ class CupyBackend(Backend):
             a, b, bias_arg, c, *_ints(rows, cols, inner), *strides, np.int32(bias is not None)))
         return c
 
-    def linear_forward(self, x, weight, bias):
+    def linear_forward(self, x, weight, bias, workspace=None):
         return self._matmul(x, weight.T, bias)
 
-    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True, workspace=None):
         grad_y = cp.ascontiguousarray(grad_y)
         rows, features = grad_y.shape
         grad_x = self._matmul(grad_y, weight) if need_input_grad else None
@@ -328,9 +328,9 @@ class CupyBackend(Backend):
 
     # ---- the training step ---------------------------------------------------------------
 
-    def accelerate_step(self, step, batch_size, label_pool, capture):
-        """With ``capture``, batches of ``batch_size`` replay the step from a CUDA graph, bit-identical to eager steps."""
-        return CapturedStep(step, batch_size, label_pool=label_pool) if capture else step
+    def capture_step(self, step, batch_size, label_pool):
+        """Batches of ``batch_size`` replay the step from a CUDA graph, bit-identical to eager steps."""
+        return CapturedStep(step, batch_size, label_pool=label_pool)
 
 
 def _general_conv_sizes(x_shape, weight_shape, stride, padding, dilation, groups):
