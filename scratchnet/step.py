@@ -4,8 +4,9 @@
 same step for any ``Sequential`` of our layers (nested ones included) with the fused
 backend ops where the layers allow: each conv -> ReLU -> max-pool run becomes one
 ``conv2d_relu_max_pool2d`` stage (when its geometry is the plain one those ops take:
-``geometry.plain_conv`` / ``plain_pool``) and each linear -> ReLU one ``linear_relu`` stage;
-every other layer runs as itself. Its backward stops at the first layer with parameters,
+``geometry.plain_conv`` / ``plain_pool``), each linear -> ReLU one ``linear_relu`` stage, a
+lone linear a ``linear`` stage and a flatten a view (the table ``PATTERNS``); every other layer
+runs as itself. Its backward stops at the first layer with parameters,
 which needs no input gradient (as torch skips it for an input that does not require one).
 A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
 
