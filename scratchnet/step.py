@@ -12,7 +12,8 @@ A model that is not a ``Sequential`` runs as one stage through its own forward/b
 
 ``compile_step`` and ``compile_forward`` pick the form from what the model's backend
 advertises (``Backend.fused_training``, ``fused_inference``, ``has_workspaces``,
-``capture_step``); the backends import nothing of this module.
+``captures_graphs``); the backends import nothing of this module. ``CapturedStep`` replays a
+step recorded through the backend's ``capture`` hook (CUDA graphs on the GPU).
 """
 
 import functools
@@ -36,10 +37,10 @@ def compile_step(model, criterion, optimizer, batch_size, label_pool=None, captu
     if not backend.fused_training:
         return functools.partial(eager_step, model, criterion, optimizer)
     step = FusedStep(model, criterion, optimizer)
-    captured = backend.capture_step(step, batch_size, label_pool) if capture else step
-    if captured is step:
-        step.label_pool = label_pool  # no graph to check the pool once: the step does
-    return captured
+    if capture and backend.captures_graphs:
+        return CapturedStep(step, backend, batch_size, label_pool)
+    step.label_pool = label_pool  # no graph to check the pool once: the step does
+    return step
 
 
 def compile_forward(model):
@@ -124,6 +125,90 @@ class FusedStep:
 
 # Input signatures whose workspaces a step keeps: a full batch and an epoch's last, smaller one, with room.
 _SIGNATURES_KEPT = 4
+
+
+class CapturedStep:
+    """``step(images, labels)`` recorded once through ``backend.capture`` and replayed for batches of
+    ``batch_size``; others run eagerly. The cure for launch overhead: at the tutorial's batch of 4 a GPU
+    runs each of a step's kernels faster than the host can launch the next.
+
+    ``step`` is a step as ``eager_step`` that, with ``check_label_values=False``, neither waits for the
+    device nor branches on its values (``FusedStep`` qualifies). A call returns (logits, loss); after
+    a replay they are the recording's static outputs, which the next replay overwrites: copy what is
+    to be kept (on the current stream, as ``fit`` does, the copy is ordered before that replay).
+
+    What replaying relies on:
+
+    * Fixed shapes and addresses. A replay repeats the recorded launches with the recorded
+      arguments, so it serves only batches laid out like the recorded one (others, such as an
+      epoch's last partial batch, run eagerly; so does every step when the backend refuses to
+      record), and the model's parameter, gradient and momentum arrays must stay the same
+      arrays: the step updates them in place; moving the model (``.to``) or resetting the
+      optimizer after the recording would leave it stale.
+    * No host synchronization inside. The step is recorded with ``check_label_values=False``.
+      Each replayed batch has its labels checked before they are copied in, which waits for
+      the device, unless ``label_pool`` names every label the batches will carry (``fit``
+      passes its DataLoader's): then the pool is checked once, at the recording, and the host
+      can queue steps ahead of the device.
+    * A steady-state step. The first full batch runs eagerly: it loads every kernel the step
+      uses, so the recording only records launches, and it creates SGD's momentum buffers
+      (torch's first step copies the gradient into them instead of decaying them), so the step
+      recorded next is the one every later step repeats.
+    """
+
+    def __init__(self, step, backend, batch_size, label_pool=None):
+        self._step, self._backend, self._batch_size, self._label_pool = step, backend, batch_size, label_pool
+        self._warmed_up = False
+        self._capturable = True
+        self._graph = None
+
+    def __call__(self, images, labels):
+        if self._graph is None:
+            if (not self._capturable or not self._on_device(images, labels) or images.ndim == 0
+                    or images.shape[0] != self._batch_size):
+                return self._step(images, labels)
+            if not self._warmed_up:
+                outputs = self._step(images, labels)
+                self._warmed_up = True
+                return outputs
+            self._capture(images, labels)
+            if self._graph is None:
+                return self._step(images, labels)
+        elif not self._fits_capture(images, labels):
+            return self._step(images, labels)
+        return self._replay(images, labels)
+
+    def _on_device(self, images, labels):
+        return self._backend.owns(images) and self._backend.owns(labels)
+
+    def _fits_capture(self, images, labels):
+        """Whether the batch is laid out as the recorded one; anything else runs eagerly, through the step's checks."""
+        return self._on_device(images, labels) and (
+            (images.shape, images.dtype, labels.shape, labels.dtype)
+            == (self._images.shape, self._images.dtype, self._labels.shape, self._labels.dtype))
+
+    def _capture(self, images, labels):
+        xp = self._backend.xp
+        self._images = xp.empty(images.shape, dtype=images.dtype)
+        self._labels = xp.empty(labels.shape, dtype=labels.dtype)
+        recorded = self._backend.capture(lambda: self._step(self._images, self._labels, check_label_values=False))
+        if recorded is None:  # refused before anything ran: this and every later step run eagerly
+            self._capturable = False
+            return
+        self._graph, (self._logits, self._loss) = recorded
+        if self._label_pool is not None:
+            check_class_indices(self._label_pool, self._logits.shape[1], "CapturedStep label_pool")
+
+    def _replay(self, images, labels):
+        if self._label_pool is None:
+            check_class_indices(labels, self._logits.shape[1], "CapturedStep")
+        # On the current stream, as the replay: ordered after the batch was made and after
+        # the previous replay's outputs were read.
+        xp = self._backend.xp
+        xp.copyto(self._images, images)
+        xp.copyto(self._labels, labels)
+        self._graph.replay()
+        return self._logits, self._loss
 
 
 def fused_forward(model):

@@ -201,11 +201,13 @@ class Backend:
     fused_training = False  # whether the step runs the fused stages (else the plain eager step: the reference)
     fused_inference = False  # whether inference runs the fused stages (else the model itself)
 
-    def capture_step(self, step, batch_size, label_pool):
-        """``step`` (``scratchnet.step.FusedStep``) recorded once and replayed, with the same results (see
-        ``scratchnet.step.compile_step`` for the arguments); this default, for backends without graph
-        capture, is the step itself."""
-        return step
+    captures_graphs = False  # whether ``capture`` records
+
+    def capture(self, run):
+        """``(graph, run())``: the device work of ``run`` recorded once while it runs, so that
+        ``graph.replay()`` repeats it (the same launches on the same memory) in one launch; None where the
+        backend refused to record it (nothing ran then). ``scratchnet.step.CapturedStep`` drives it."""
+        raise NotImplementedError
 
     # How a data-parallel job exchanges this backend's arrays (``scratchnet.distributed``): "mpi" for host
     # arrays, "nccl" for CUDA device arrays.

@@ -12,16 +12,15 @@ go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
 Both routes are deterministic: cuBLAS on one stream is, and our kernels never
 use atomics. Dense products split the same way: small ones (the tutorial's
 linear layers) run our one-launch ``matmul_direct``, which also lets a training
-step be captured into a CUDA graph (``graph``, returned by ``capture_step``): CuPy refuses
+step be captured into a CUDA graph (``graph``, the ``capture`` hook): CuPy refuses
 cuBLAS calls during stream capture.
 """
 
 import numpy as np
 
 from scratchnet.backends.base import Backend, BackendError
-from scratchnet.backends.cupy import sources
+from scratchnet.backends.cupy import graph, sources
 from scratchnet.backends.cupy.device import EMULATED, cp
-from scratchnet.backends.cupy.graph import CapturedStep
 from scratchnet.geometry import conv2d_output_hw, conv_output_size, max_pool2d_output_hw, plain_conv, plain_pool
 
 _THREADS = 256
@@ -34,7 +33,7 @@ class CupyBackend(Backend):
     name = "cupy"
     xp = cp
     emulated = EMULATED
-    fused_training = True
+    fused_training = captures_graphs = True
     collective_transport = "nccl"
 
     # Multiply-adds per conv op up to which the single-launch direct kernels are used.
@@ -326,11 +325,10 @@ class CupyBackend(Backend):
             param, grad, buf, np.int64(param.size), real(lr), real(momentum), real(1 - dampening),
             real(weight_decay), np.int32(bool(nesterov)), np.int32(bool(first))))
 
-    # ---- the training step ---------------------------------------------------------------
+    # ---- graph capture ----------------------------------------------------------------------
 
-    def capture_step(self, step, batch_size, label_pool):
-        """Batches of ``batch_size`` replay the step from a CUDA graph, bit-identical to eager steps."""
-        return CapturedStep(step, batch_size, label_pool=label_pool)
+    def capture(self, run):
+        return graph.capture(run)
 
 
 def _general_conv_sizes(x_shape, weight_shape, stride, padding, dilation, groups):
