@@ -66,8 +66,8 @@ class ConvReLUPool(ShiftedConv):
 
 
 class Linear:
-    """``linear`` / ``linear_relu`` of (rows, in) inputs: the output; the backward's input gradient and
-    stand-ins for a missing bias gradient or ReLU output, made on its first call."""
+    """``linear`` / ``linear_relu`` of (rows, in) inputs: the output; and, made on the first backward, the
+    input gradient and stand-ins for a missing bias gradient or ReLU output."""
 
     def __init__(self, x_shape, weight_shape, dtype):
         rows, (out_features, in_features) = x_shape[0], weight_shape
