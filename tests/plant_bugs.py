@@ -68,7 +68,7 @@ BUGS = {
         BACKEND, "self._kernel(dtype, name)((blocks,), (_REDUCE_THREADS,), args)",
         "self._kernel(dtype, name)((blocks,), (_THREADS,), args)", OPS),
     "graph replay: the new batch's labels not copied in": (
-        "scratchnet/backends/cupy/graph.py", "        cupy.copyto(self._labels, labels)\n", "",
+        "scratchnet/step.py", "        xp.copyto(self._labels, labels)\n", "",
         ["tests/test_cupy_backend.py", "tests/test_compile_step.py"]),
 }
 

@@ -1,4 +1,4 @@
-"""``Backend.compile_step``: any Sequential of our layers trains through the fused path, with the
+"""``step.compile_step``: any Sequential of our layers trains through the fused path, with the
 results of the plain eager step, and the fused kernels are the ones that run."""
 
 import functools
@@ -11,7 +11,8 @@ from harness import relative_error
 from scratchnet import nn, optim
 from scratchnet.backends.base import Backend
 from scratchnet.models import Net
-from scratchnet.step import ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage, eager_step, plan
+from scratchnet.step import (ConvReLUPoolStage, FlattenStage, FusedStep, LayerStage, LinearStage, compile_forward,
+                             compile_step, eager_step, plan)
 
 STEPS = 4
 
@@ -39,7 +40,7 @@ def _train(model, backend, compiled, batches):
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if compiled:
-        step = backend.compile_step(model, criterion, optimizer, batch_size=len(batches[0][1]))
+        step = compile_step(model, criterion, optimizer, batch_size=len(batches[0][1]))
     else:
         step = functools.partial(eager_step, model, criterion, optimizer)
     losses = [float(step(backend.asarray(images), backend.asarray(labels))[1]) for images, labels in batches]
@@ -67,16 +68,18 @@ def test_compiled_forward_gives_the_model_s_outputs_bit_for_bit(backend, name, d
     model = MODELS[name]().to(backend.name).to(dtype)
     images = backend.asarray(_batches(count=1)[0][0].astype(dtype))
     expected = backend.to_numpy(model(images))
-    got = backend.to_numpy(backend.compile_forward(model)(images))
+    got = backend.to_numpy(compile_forward(model)(images))
     assert got.dtype == expected.dtype and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 
 
 def test_the_plan_fuses_every_run_in_any_sequential():
-    kinds = [type(stage) for stage in plan(_user_net(0))]
-    assert kinds == [ConvReLUPoolStage] * 3 + [LayerStage, LinearReLUStage, LayerStage]
-    not_a_run = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Linear(4, 4), nn.Flatten())
-    assert [type(stage) for stage in plan(not_a_run)] == [LayerStage] * 5
+    stages = plan(_user_net(0))
+    kinds = [type(stage) for stage in stages]
+    assert kinds == [ConvReLUPoolStage] * 3 + [FlattenStage, LinearStage, LinearStage]
+    assert [stage.op for stage in stages[-2:]] == ["linear_relu", "linear"]
+    not_a_run = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Linear(4, 4))
+    assert [type(stage) for stage in plan(not_a_run)] == [LayerStage] * 3 + [LinearStage]
     # Geometry the fused ops do not take runs layer by layer.
     for conv, pool in [(nn.Conv2d(3, 4, 3, dilation=2), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3, groups=1,
                        padding=(1, 0)), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, ceil_mode=True)),
@@ -90,10 +93,10 @@ class _Spy:
     def __init__(self, method):
         self.method, self.calls, self.need_input_grad = method, 0, []
 
-    def __call__(self, *args):
+    def __call__(self, *args, **workspace):
         self.calls += 1
         self.need_input_grad.append(args[-1])
-        return self.method(*args)
+        return self.method(*args, **workspace)
 
 
 FUSED_OPS = ["conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward",
@@ -103,14 +106,15 @@ UNFUSED_OPS = ["conv2d_forward", "relu_forward", "max_pool2d_forward"]
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_the_fused_kernels_run_and_the_first_layer_skips_its_input_gradient(backend, name, monkeypatch):
-    """``FusedStep``, which the backends compile into (numba builds its buffers around the same kernels: see
-    test_numba_compiled), calls the fused ops, and only those."""
-    spies = {op: _Spy(getattr(backend, op)) for op in FUSED_OPS + UNFUSED_OPS}
-    for op, spy in spies.items():
-        monkeypatch.setattr(backend, op, spy)
+    """``FusedStep``, which the backends compile into (on numba with workspaces: see test_numba_compiled),
+    calls the fused ops, and only those, once per step."""
     model = MODELS[name]().to(backend.name).double()
     step = FusedStep(model, nn.CrossEntropyLoss().to(backend.name), optim.SGD(model.parameters(), lr=0.05))
     images, labels = _batches(count=1)[0]
+    step(backend.asarray(images), backend.asarray(labels))  # the first step of a shape may also lay out workspaces
+    spies = {op: _Spy(getattr(backend, op)) for op in FUSED_OPS + UNFUSED_OPS}
+    for op, spy in spies.items():
+        monkeypatch.setattr(backend, op, spy)
     step(backend.asarray(images), backend.asarray(labels))
     convs = 2 if name == "tutorial Net" else 3
     assert spies["conv2d_relu_max_pool2d_forward"].calls == spies["conv2d_relu_max_pool2d_backward"].calls == convs

@@ -17,10 +17,6 @@ CASES = 50
 DTYPES = [np.float32, np.float64]
 
 
-def _module_on(module, backend, dtype):
-    return module.to(backend.name).to(dtype)
-
-
 def _conv_cases():
     rng = np.random.default_rng(2024)
     cases = []
@@ -36,21 +32,17 @@ def _conv_cases():
     return cases
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_conv2d_matches_torch(backend, dtype, error_report):
+def conv2d_cases(dtype):
     for index, case in enumerate(_conv_cases()):
         rng = np.random.default_rng(index)
         conv = nn.Conv2d(case["c"], case["o"], (case["kh"], case["kw"]), stride=case["stride"],
                          padding=case["padding"], bias=case["bias"], seed=index)
-        conv = _module_on(conv, backend, dtype)
         x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(dtype)
-        params = [("weight", conv.weight)] + ([("bias", conv.bias)] if case["bias"] else [])
 
         def torch_conv(x_t, weight, bias=None, case=case):
             return F.conv2d(x_t, weight, bias, stride=case["stride"], padding=case["padding"])
 
-        check_module_against_torch(conv, torch_conv, x, backend, dtype, error_report, "conv2d", params,
-                                   config=str(case), layouts=layouts_for(index))
+        yield conv, torch_conv, x, ["weight"] + ["bias"] * case["bias"], str(case), index
 
 
 def _pool_cases():
@@ -66,47 +58,66 @@ def _pool_cases():
     return cases
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_max_pool2d_matches_torch(backend, dtype, error_report):
+def max_pool2d_cases(dtype):
     for index, case in enumerate(_pool_cases()):
         rng = np.random.default_rng(index)
         shape = (case["n"], case["c"], case["h"], case["w"])
         # Tie-free: a permutation of distinct values, so torch's argmax is unambiguous.
         x = (rng.permutation(int(np.prod(shape))).reshape(shape) / np.prod(shape) - 0.5).astype(dtype)
-        pool = _module_on(nn.MaxPool2d(case["kernel"], case["stride"]), backend, dtype)
-        check_module_against_torch(pool, lambda x_t, c=case: F.max_pool2d(x_t, c["kernel"], c["stride"]),
-                                   x, backend, dtype, error_report, "max_pool2d", config=str(case),
-                                   layouts=layouts_for(index))
+        yield (nn.MaxPool2d(case["kernel"], case["stride"]),
+               lambda x_t, c=case: F.max_pool2d(x_t, c["kernel"], c["stride"]), x, [], str(case), index)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_linear_matches_torch(backend, dtype, error_report):
+def linear_cases(dtype):
     rng = np.random.default_rng(11)
     for index in range(CASES):
         n, fin, fout = (int(v) for v in rng.integers(1, 65, size=3))
         n = n % 8 + 1
         has_bias = index % 5 != 0
-        linear = _module_on(nn.Linear(fin, fout, bias=has_bias, seed=index), backend, dtype)
         x = rng.standard_normal((n, fin)).astype(dtype)
-        params = [("weight", linear.weight)] + ([("bias", linear.bias)] if has_bias else [])
-        check_module_against_torch(linear, F.linear, x, backend, dtype, error_report, "linear", params,
-                                   config=f"n={n} in={fin} out={fout} bias={has_bias}", layouts=layouts_for(index))
+        yield (nn.Linear(fin, fout, bias=has_bias, seed=index), F.linear, x, ["weight"] + ["bias"] * has_bias,
+               f"n={n} in={fin} out={fout} bias={has_bias}", index)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_relu_and_flatten_match_torch(backend, dtype, error_report):
+def _activation_inputs(dtype):
     rng = np.random.default_rng(13)
     for index in range(CASES):
         shape = tuple(int(v) for v in rng.integers(1, 9, size=4))
         x = rng.standard_normal(shape).astype(dtype)
         x[x == 0] = 1  # ReLU's derivative at exactly 0 is a convention; keep away from it
-        relu = _module_on(nn.ReLU(), backend, dtype)
-        config, layouts = f"shape={shape}", layouts_for(index)
-        check_module_against_torch(relu, F.relu, x, backend, dtype, error_report, "relu", config=config,
-                                   layouts=layouts)
-        flatten = _module_on(nn.Flatten(), backend, dtype)
-        check_module_against_torch(flatten, lambda t: torch.flatten(t, 1), x, backend, dtype, error_report, "flatten",
-                                   config=config, layouts=layouts)
+        yield x, f"shape={shape}", index
+
+
+def relu_cases(dtype):
+    for x, config, index in _activation_inputs(dtype):
+        yield nn.ReLU(), F.relu, x, [], config, index
+
+
+def flatten_cases(dtype):
+    for x, config, index in _activation_inputs(dtype):
+        yield nn.Flatten(), lambda t: torch.flatten(t, 1), x, [], config, index
+
+
+# Every layer against torch: its name and its cases, each (module, the torch function of the input and the
+# parameters, input, names of the parameters whose gradients are compared, description, case index). A new
+# layer is one row here and one function of cases.
+LAYERS = {
+    "conv2d": conv2d_cases,
+    "max_pool2d": max_pool2d_cases,
+    "linear": linear_cases,
+    "relu": relu_cases,
+    "flatten": flatten_cases,
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_layer_matches_torch(backend, dtype, name, error_report):
+    for module, torch_fn, x, param_names, config, index in LAYERS[name](dtype):
+        module = module.to(backend.name).to(dtype)
+        params = [(param_name, getattr(module, param_name)) for param_name in param_names]
+        check_module_against_torch(module, torch_fn, x, backend, dtype, error_report, name, params, config=config,
+                                   layouts=layouts_for(index))
 
 
 @pytest.mark.parametrize("scale", [1.0, 100.0], ids=["logits", "logits_x100"])

@@ -5,8 +5,9 @@ The kernels live by op family beside this file: ``layout`` (shifted planes) and
 (cross-entropy with torch's options, SGD), ``general`` (convolution and max-pool of any
 other geometry). Stride-1 convolutions with the same padding on every side, no dilation
 and one group (the tutorial's) run on shifted planes, and conv -> ReLU -> max-pool as
-one fused pass over the convolution's rows; ``compile_step`` finds such
-runs in any ``Sequential`` and trains through them.
+one fused pass over the convolution's rows; ``scratchnet.step`` finds such
+runs in any ``Sequential`` and trains through them, handing the ops per-shape workspaces
+(``workspaces``) so that a step allocates nothing.
 """
 
 import collections
@@ -14,10 +15,11 @@ import functools
 
 import numpy as np
 
-from scratchnet.backends.base import conv2d_output_hw, conv_output_size, max_pool2d_output_hw
-from scratchnet.backends.numba import adam, conv, dense, general, layout, loss_sgd, pooling
+from scratchnet.backends.numba import adam, conv, dense, general, layout, loss_sgd, pooling, workspaces
 from scratchnet.backends.numba.jit import threaded
+from scratchnet.backends.numba.loss_sgd import is_mean_loss
 from scratchnet.backends.numpy_backend import NumpyBackend
+from scratchnet.geometry import conv2d_output_hw, max_pool2d_output_hw, plain_pool, shifted_planes_padding
 
 # Flat views kept for at most this many lists of arrays: an optimizer passes the same three every step.
 _FLAT_VIEWS_KEPT = 16
@@ -27,6 +29,8 @@ class NumbaBackend(NumpyBackend):
     """Array handling is numpy's, so it derives from the reference; every op is its own."""
 
     name = "numba"
+    fused_training = fused_inference = True
+    has_workspaces = True
 
     def __init__(self):
         # ids of a list's arrays -> their 1-D views. The views hold their arrays, so no id is reused meanwhile.
@@ -49,31 +53,32 @@ class NumbaBackend(NumpyBackend):
         return data if dtype is None else data.astype(dtype, copy=False)
 
     # ---- conv2d ----------------------------------------------------------------
-    # The plain geometry (``_plain_padding``: the tutorial's) runs on shifted planes; any
-    # other runs the general kernels.
+    # The plain geometry at stride 1 (``shifted_planes_padding``: the tutorial's) runs on shifted
+    # planes; any other runs the general kernels.
 
     def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
         x = np.ascontiguousarray(x)
-        parallel = threaded(x.shape[0])
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        plain_padding = shifted_planes_padding(stride, padding, dilation, groups)
         if plain_padding is None:
             out_hw = conv2d_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
             y = np.empty((x.shape[0], weight.shape[0]) + out_hw, dtype=x.dtype)
-            general.conv2d_forward.run(parallel, x, np.ascontiguousarray(weight), _bias_or_empty(bias, weight),
+            general.conv2d_forward.run(threaded(x.shape[0]), x, np.ascontiguousarray(weight),
+                                       _bias_or_empty(bias, weight),
                                        *_general_conv_geometry(stride, padding, dilation, groups), y)
             return y
-        rows, _, geometry = _shifted_forward(x, weight, _bias_or_zeros(bias, weight), plain_padding, parallel)
-        y = np.empty((x.shape[0], weight.shape[0]) + geometry.out_hw, dtype=x.dtype)
-        layout.from_rows.run(parallel, rows, y)
+        work = workspaces.ShiftedConv(x.shape, weight.shape, x.dtype, plain_padding)
+        _shifted_forward(work, x, weight, bias)
+        y = np.empty((x.shape[0], weight.shape[0]) + work.geometry.out_hw, dtype=x.dtype)
+        work.from_rows(work.rows, y)
         return y
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
                         need_input_grad=True):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
-        parallel = threaded(x.shape[0])
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        plain_padding = shifted_planes_padding(stride, padding, dilation, groups)
         if plain_padding is None:
+            parallel = threaded(x.shape[0])
             weight = np.ascontiguousarray(weight)
             conv_geometry = _general_conv_geometry(stride, padding, dilation, groups)
             general.conv2d_add_param_grads.run(parallel, x, grad_y, *conv_geometry, grad_weight,
@@ -83,41 +88,34 @@ class NumbaBackend(NumpyBackend):
             grad_x = np.empty_like(x)
             general.conv2d_grad_input.run(parallel, weight, grad_y, *conv_geometry, grad_x)
             return grad_x
-        geometry = layout.ShiftedGeometry(x.shape, weight.shape, plain_padding)
-        grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
-        layout.grad_rows_from_conv(grad_y, grad_rows)
-        planes = _shifted_planes(x, geometry, parallel)
-        return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel, grad_weight,
-                                 grad_bias)
+        work = workspaces.ShiftedConv(x.shape, weight.shape, x.dtype, plain_padding)
+        layout.grad_rows_from_conv(grad_y, work.backward_buffers(need_input_grad))
+        work.to_planes(x, work.geometry.padding, work.planes)
+        return _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad)
 
-    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
-        if stride != 1:
+    def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride,
+                                       workspace=None):
+        if stride != 1:  # the geometry is plain (the fused ops take no other); shifted planes need stride 1 too
             return super().conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool_kernel, pool_stride)
-        parallel = threaded(x.shape[0])
-        rows, planes, geometry = _shifted_forward(np.ascontiguousarray(x), weight, _bias_or_zeros(bias, weight),
-                                                  padding, parallel)
-        out_h, out_w = geometry.out_hw
-        shape = (x.shape[0], weight.shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
-                 conv_output_size(out_w, pool_kernel, pool_stride))
-        y = np.empty(shape, dtype=x.dtype)
-        indices = np.empty(shape, dtype=np.int64)
-        if pool_kernel == pool_stride == 2:
-            pooling.relu_max_pool_rows_2x2.run(parallel, rows, out_w, y, indices)
+        x = np.ascontiguousarray(x)
+        work = workspace or workspaces.ConvReLUPool(x.shape, weight.shape, x.dtype, padding, pool_kernel, pool_stride)
+        _shifted_forward(work, x, weight, bias)
+        out_w = work.geometry.out_hw[1]
+        if work.pool_2x2:
+            work.pool(work.rows, out_w, work.y, work.indices)
         else:
-            pooling.relu_max_pool_rows.run(parallel, rows, out_w, pool_kernel, pool_stride, y, indices)
-        return y, (y, indices, planes)  # the planes again serve the weight gradient
+            work.pool(work.rows, out_w, pool_kernel, pool_stride, work.y, work.indices)
+        return work.y, work  # the workspace keeps what the backward needs: the planes, the pooled output, the argmax
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
                                         grad_weight, grad_bias, need_input_grad=True):
         if stride != 1:
             return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding, pool_kernel,
                                                            pool_stride, grad_weight, grad_bias, need_input_grad)
-        pool_y, indices, planes = saved
-        geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
-        grad_rows = np.empty(geometry.rows_shape, dtype=x.dtype)
-        pooling.grad_rows_from_pool(np.ascontiguousarray(grad_y), pool_y, indices, grad_rows)
-        return _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, threaded(x.shape[0]),
-                                 grad_weight, grad_bias)
+        work = saved
+        pooling.grad_rows_from_pool(np.ascontiguousarray(grad_y), work.y, work.indices,
+                                    work.backward_buffers(need_input_grad))
+        return _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad)
 
     # ---- max-pool --------------------------------------------------------------
 
@@ -127,10 +125,9 @@ class NumbaBackend(NumpyBackend):
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
         x = np.ascontiguousarray(x)
-        # Without padding or dilation every window lies on the input (ceil mode's last one may not).
-        if kernel[0] == kernel[1] and stride[0] == stride[1] and padding == (0, 0) and dilation == (1, 1) \
-                and not ceil_mode:
-            pooling.max_pool2d_forward.run(threaded(n), x, kernel[0], stride[0], y, indices)
+        plain = plain_pool(kernel, stride, padding, dilation, ceil_mode)
+        if plain is not None:
+            pooling.max_pool2d_forward.run(threaded(n), x, *plain, y, indices)
         else:
             general.max_pool2d_forward.run(threaded(n), x, *kernel, *stride, *padding, *dilation, y, indices)
         return y, indices
@@ -152,17 +149,18 @@ class NumbaBackend(NumpyBackend):
         dense.relu_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(y), grad_x)
         return grad_x
 
-    def linear_forward(self, x, weight, bias):
-        return _linear(x, weight, bias, relu=False)
+    def linear_forward(self, x, weight, bias, workspace=None):
+        return _linear(x, weight, bias, False, workspace)
 
-    def linear_relu_forward(self, x, weight, bias):
-        return _linear(x, weight, bias, relu=True)
+    def linear_relu_forward(self, x, weight, bias, workspace=None):
+        return _linear(x, weight, bias, True, workspace)
 
-    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True):
-        return _linear_gradients(x, weight, None, grad_y, grad_weight, grad_bias, need_input_grad)
+    def linear_backward(self, x, weight, grad_y, grad_weight, grad_bias, need_input_grad=True, workspace=None):
+        return _linear_gradients(x, weight, None, grad_y, grad_weight, grad_bias, need_input_grad, workspace)
 
-    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True):
-        return _linear_gradients(x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad)
+    def linear_relu_backward(self, x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad=True,
+                             workspace=None):
+        return _linear_gradients(x, weight, y, grad_y, grad_weight, grad_bias, need_input_grad, workspace)
 
     # ---- loss and optimizer ------------------------------------------------------------
 
@@ -228,26 +226,14 @@ class NumbaBackend(NumpyBackend):
         adam.adam_step(*flat, max_exp_avg_sq.reshape(-1) if amsgrad else flat[3], amsgrad, weight_decay, decay, beta1,
                        beta2, eps, step_size, bias_correction2_sqrt, maximize)
 
-    # ---- the training step ---------------------------------------------------------------
+    # ---- workspaces ------------------------------------------------------------------------
 
-    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
-        """The fused step (conv -> ReLU -> max-pool and linear -> ReLU runs as one op each), built once per
-        input shape with its buffers allocated up front (see ``compiled``)."""
-        from scratchnet.backends.numba.compiled import CompiledStep  # it drives nn modules, which import backends
-
-        return CompiledStep(model, criterion, optimizer)
-
-    def compile_forward(self, model):
-        """The model's fused stages (as ``compile_step`` trains them) run one after another."""
-        from scratchnet.step import fused_forward  # it drives nn modules, which import the backends
-
-        return fused_forward(model)
-
-
-def is_mean_loss(weight, ignore_index, reduction, label_smoothing):
-    """Options of the tutorial's loss (unweighted mean, no smoothing, a negative ignore_index, which no
-    class index equals), which ``loss_sgd.mean_cross_entropy_forward`` / ``backward`` compute alone."""
-    return weight is None and ignore_index < 0 and reduction == "mean" and label_smoothing == 0
+    def workspace(self, op, x_shape, weight_shape, dtype, geometry=()):
+        if op == "conv2d_relu_max_pool2d" and len(x_shape) == 4 and geometry[0] == 1:
+            return workspaces.ConvReLUPool(x_shape, weight_shape, dtype, *geometry[1:])
+        if op in ("linear", "linear_relu") and len(x_shape) == 2:
+            return workspaces.Linear(x_shape, weight_shape, dtype)
+        return None
 
 
 # What the tutorial's loss keeps for its backward.
@@ -262,21 +248,9 @@ def _ones(size, dtype):
     return ones
 
 
-def _bias_or_zeros(bias, weight):
-    return np.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
-
-
 def _bias_or_empty(bias, weight):
     """The general kernels take an empty array for no bias (or no bias gradient)."""
     return np.empty(0, dtype=weight.dtype) if bias is None else bias
-
-
-def _plain_padding(stride, padding, dilation, groups):
-    """The padding (an int) when the shifted-plane kernels take this convolution: stride 1, the
-    same padding on every side, no dilation, one group; else None."""
-    (top, bottom), (left, right) = padding
-    plain = stride == (1, 1) and top == bottom == left == right and dilation == (1, 1) and groups == 1
-    return top if plain else None
 
 
 def _general_conv_geometry(stride, padding, dilation, groups):
@@ -285,52 +259,39 @@ def _general_conv_geometry(stride, padding, dilation, groups):
     return (*stride, padding[0][0], padding[1][0], *dilation, groups)
 
 
-def _shifted_planes(x, geometry, parallel):
-    planes = np.empty(geometry.planes_shape, dtype=x.dtype)
-    layout.to_shifted_planes.run(parallel, x, geometry.padding, planes)
-    return planes
+def _shifted_forward(work, x, weight, bias):
+    """The convolution of C-ordered ``x`` into ``work.rows``, through the shifted planes it keeps in ``work.planes``."""
+    work.to_planes(x, work.geometry.padding, work.planes)
+    work.forward_rows(work.planes, weight, work.zero_bias if bias is None else bias, work.geometry.span, work.rows)
 
 
-def _shifted_forward(x, weight, bias, padding, parallel):
-    """Return (rows, planes, geometry): the output on rows, and the shifted planes it read."""
-    geometry = layout.ShiftedGeometry(x.shape, weight.shape, padding)
-    planes = _shifted_planes(x, geometry, parallel)
-    rows = np.empty(geometry.rows_shape, dtype=x.dtype)
-    conv.shifted_forward.run(parallel, planes, weight, bias, geometry.span, rows)
-    return rows, planes, geometry
-
-
-def _shifted_backward(planes, weight, grad_rows, geometry, need_input_grad, parallel, grad_weight, grad_bias):
-    """Gradients from ``grad_rows``, the output gradient laid out as the forward's rows: the
-    parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
-    partial = np.empty(geometry.partial_shape, dtype=weight.dtype)
-    conv.shifted_grad_weight.run(parallel, planes, grad_rows, geometry.span, partial)
-    conv.add_sum_leading(partial, grad_weight)
+def _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad):
+    """Gradients from ``work.grad_rows``, the output gradient laid out as the forward's rows, and the planes
+    of the input: the parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
+    geometry = work.geometry
+    work.grad_weight_parts(work.planes, work.grad_rows, geometry.span, work.partial)
+    conv.add_sum_leading(work.partial, grad_weight)
     if grad_bias is not None:
-        conv.add_row_sums(grad_rows, grad_bias)
+        conv.add_row_sums(work.grad_rows, grad_bias)
     if not need_input_grad:
         return None
-    grad_planes = np.empty_like(planes)
-    conv.shifted_grad_input.run(parallel, grad_rows, weight, geometry.span, grad_planes)
-    grad_x = np.empty(geometry.x_shape, dtype=planes.dtype)
-    layout.from_shifted_planes.run(parallel, grad_planes, geometry.padding, grad_x)
-    return grad_x
+    work.grad_input_planes(work.grad_rows, weight, geometry.span, work.grad_planes)
+    work.from_planes(work.grad_planes, geometry.padding, work.grad_x)
+    return work.grad_x
 
 
-def _linear(x, weight, bias, relu):
-    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
-    dense.linear_forward.run(threaded(x.shape[0]), np.ascontiguousarray(x), weight, _bias_or_zeros(bias, weight),
-                             relu, y)
-    return y
+def _linear(x, weight, bias, relu, workspace):
+    x = np.ascontiguousarray(x)
+    work = workspace or workspaces.Linear(x.shape, weight.shape, x.dtype)
+    work.forward_kernel(x, weight, work.zero_bias if bias is None else bias, relu, work.y)
+    return work.y
 
 
-def _linear_gradients(x, weight, relu_y, grad_y, grad_weight, grad_bias, need_input_grad):
+def _linear_gradients(x, weight, relu_y, grad_y, grad_weight, grad_bias, need_input_grad, workspace):
     """``linear_backward``, after a ReLU whose output was ``relu_y`` unless that is None."""
-    grad_x = np.empty_like(x) if need_input_grad else np.empty((0, x.shape[1]), dtype=x.dtype)
-    if grad_bias is None:
-        grad_bias = np.zeros(weight.shape[0], dtype=weight.dtype)  # the kernel adds into it; nobody reads it
-    if relu_y is None:
-        relu_y = np.empty((0, 0), dtype=x.dtype)  # no ReLU: nothing to mask
-    dense.linear_backward.run(threaded(x.shape[0]), np.ascontiguousarray(x), weight, relu_y,
-                              np.ascontiguousarray(grad_y), need_input_grad, grad_x, grad_weight, grad_bias)
+    work = workspace or workspaces.Linear(x.shape, weight.shape, x.dtype)
+    grad_x, spare_grad_bias, no_relu = work.backward_buffers(need_input_grad)
+    work.backward_kernel(np.ascontiguousarray(x), weight, no_relu if relu_y is None else relu_y,
+                         np.ascontiguousarray(grad_y), need_input_grad, grad_x, grad_weight,
+                         spare_grad_bias if grad_bias is None else grad_bias)
     return grad_x if need_input_grad else None

@@ -1,0 +1,90 @@
+"""Workspaces of the numba backend's ops: per input shape, the layout, the kernels and every buffer, made once.
+
+An op called without a workspace makes one for the call; ``scratchnet.step``'s fused step asks
+the backend for one per stage and input shape (``NumbaBackend.workspace``) and hands it to every
+call, so a training step neither allocates nor lays out anything (llm.c's way). Either way the
+op runs the same kernels in the same order, so the results are the same bit for bit. What an op
+returns out of a workspace is overwritten by the op's next call with it.
+
+Each workspace picks the serial or the threaded twin of its kernels once, by batch size (``jit.threaded``).
+"""
+
+import numpy as np
+
+from scratchnet.backends.numba import conv, dense, layout, pooling
+from scratchnet.backends.numba.jit import threaded
+from scratchnet.geometry import conv_output_size
+
+
+def _pick(twin, parallel):
+    return twin.parallel if parallel else twin.serial
+
+
+class ShiftedConv:
+    """A stride-1 convolution of (N, C, H, W) inputs on shifted planes (``layout``); the buffers of the
+    backward are made on its first call."""
+
+    def __init__(self, x_shape, weight_shape, dtype, padding):
+        geometry = self.geometry = layout.ShiftedGeometry(x_shape, weight_shape, padding)
+        self.dtype, parallel = dtype, threaded(x_shape[0])
+        self.to_planes = _pick(layout.to_shifted_planes, parallel)
+        self.forward_rows = _pick(conv.shifted_forward, parallel)
+        self.from_rows = _pick(layout.from_rows, parallel)
+        self.grad_weight_parts = _pick(conv.shifted_grad_weight, parallel)
+        self.grad_input_planes = _pick(conv.shifted_grad_input, parallel)
+        self.from_planes = _pick(layout.from_shifted_planes, parallel)
+        self.planes = np.empty(geometry.planes_shape, dtype)
+        self.rows = np.empty(geometry.rows_shape, dtype)
+        self.zero_bias = np.zeros(weight_shape[0], dtype)  # for a convolution without bias
+        self.grad_rows = self.grad_x = None
+
+    def backward_buffers(self, need_input_grad):
+        """The backward's buffers, made on first need: grad_rows and the weight gradient's parts, and with
+        ``need_input_grad`` grad_planes and grad_x. Return grad_rows."""
+        geometry = self.geometry
+        if self.grad_rows is None:
+            self.grad_rows = np.empty(geometry.rows_shape, self.dtype)
+            self.partial = np.empty(geometry.partial_shape, self.dtype)
+        if need_input_grad and self.grad_x is None:
+            self.grad_planes = np.empty_like(self.planes)
+            self.grad_x = np.empty(geometry.x_shape, self.dtype)
+        return self.grad_rows
+
+
+class ConvReLUPool(ShiftedConv):
+    """``conv2d_relu_max_pool2d`` at stride 1: the convolution's workspace, and the pooled output and argmax."""
+
+    def __init__(self, x_shape, weight_shape, dtype, padding, pool_kernel, pool_stride):
+        super().__init__(x_shape, weight_shape, dtype, padding)
+        out_h, out_w = self.geometry.out_hw
+        shape = (x_shape[0], weight_shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
+                 conv_output_size(out_w, pool_kernel, pool_stride))
+        self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int64)
+        self.pool_2x2 = pool_kernel == pool_stride == 2
+        self.pool = _pick(pooling.relu_max_pool_rows_2x2 if self.pool_2x2 else pooling.relu_max_pool_rows,
+                          threaded(x_shape[0]))
+
+
+class Linear:
+    """``linear`` / ``linear_relu`` of (rows, in) inputs: the output; and, made on the first backward, the
+    input gradient and stand-ins for a missing bias gradient or ReLU output."""
+
+    def __init__(self, x_shape, weight_shape, dtype):
+        rows, (out_features, in_features) = x_shape[0], weight_shape
+        parallel = threaded(rows)
+        self.forward_kernel = _pick(dense.linear_forward, parallel)
+        self.backward_kernel = _pick(dense.linear_backward, parallel)
+        self.x_shape, self.dtype = (rows, in_features), dtype
+        self.y = np.empty((rows, out_features), dtype)
+        self.zero_bias = np.zeros(out_features, dtype)  # for a linear layer without bias
+        self.input_grad = None
+
+    def backward_buffers(self, need_input_grad):
+        """(grad_x, a spare bias gradient the kernel may add into, an empty ReLU output for no ReLU)."""
+        if self.input_grad is None:
+            rows, in_features = self.x_shape
+            self.input_grad = np.empty((rows, in_features), self.dtype)
+            self.no_input_grad = np.empty((0, in_features), self.dtype)
+            self.spare_grad_bias = np.zeros(self.y.shape[1], self.dtype)  # nobody reads it
+            self.no_relu = np.empty((0, 0), self.dtype)
+        return self.input_grad if need_input_grad else self.no_input_grad, self.spare_grad_bias, self.no_relu
