@@ -82,9 +82,10 @@ def _allreduce_worker(comm, repeats):
 
 
 def _throughput_worker(comm, batch, steps):
-    from scratchnet import backends, distributed, nn
+    from scratchnet import distributed, nn
     from scratchnet.models import Net
     from scratchnet.optim import SGD
+    from scratchnet.step import compile_step
 
     rng = np.random.default_rng(comm.rank)
     images = rng.uniform(-1, 1, (batch, 3, 32, 32)).astype(np.float32)
@@ -92,7 +93,7 @@ def _throughput_worker(comm, batch, steps):
     net = Net(seed=0).to("numba")
     criterion = nn.CrossEntropyLoss().to("numba")
     optimizer = distributed.DataParallelOptimizer(SGD(net.parameters(), lr=0.001, momentum=0.9), comm)
-    step = backends.get("numba").compile_step(net, criterion, optimizer, batch, capture=False)  # as fit's
+    step = compile_step(net, criterion, optimizer, batch, capture=False)  # as fit's
     for _ in range(10):  # compile and warm up
         step(images, labels)
     comm.barrier()

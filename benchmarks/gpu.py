@@ -29,6 +29,7 @@ import numpy as np
 from scratchnet import backends, cli, nn, optim, report
 from scratchnet.files import write_json
 from scratchnet.models import Net
+from scratchnet.step import compile_step
 
 WIDTHS = (1, 4, 8)
 BATCHES = (4, 128, 512)
@@ -46,7 +47,7 @@ def _batches(batch, seed):
 
 
 class ScratchnetCupyEager:
-    """Steps as ``fit`` takes them on the GPU (``compile_step``), here without graph capture."""
+    """Steps as ``fit`` takes them on the GPU (``step.compile_step``), here without graph capture."""
 
     name = "scratchnet-cupy-eager"
     capture = False
@@ -60,9 +61,9 @@ class ScratchnetCupyEager:
         images, labels = _batches(batch, seed=width)
         self.data = [(gpu.asarray(x), gpu.asarray(y)) for x, y in zip(images, labels)]
         # The loss stays on the GPU, as in fit.
-        self.step = gpu.compile_step(net, nn.CrossEntropyLoss().to("cupy"),
-                                     optim.SGD(net.parameters(), lr=0.001, momentum=0.9), batch,
-                                     label_pool=cupy.concatenate([y for _, y in self.data]), capture=self.capture)
+        self.step = compile_step(net, nn.CrossEntropyLoss().to("cupy"),
+                                 optim.SGD(net.parameters(), lr=0.001, momentum=0.9), batch,
+                                 label_pool=cupy.concatenate([y for _, y in self.data]), capture=self.capture)
 
     def run(self, steps):
         for step in range(steps):

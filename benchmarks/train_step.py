@@ -7,7 +7,7 @@ momentum=0.9) on one fixed float32 batch. Contenders: PyTorch eager and
 ``torch.compile`` (inductor) on 1 and on 2 threads, a JAX-jitted whole step
 (the ``bench`` extra installs JAX; a contender that cannot run is reported,
 not fatal), scratchnet's numpy backend, and its numba backend on 1 and on 2
-threads, each scratchnet step being the backend's ``compile_step``, as ``fit``
+threads, each scratchnet step being ``step.compile_step``'s, as ``fit``
 trains. Each repeat times every contender in turn (alternating, so load
 changes hit all alike); figures are medians over the repeats. The run also
 measures the float32 matmul peak (numpy, 1024x1024, 1 and 2 BLAS threads), the
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from reference.tutorial import Net as TorchNet
-from scratchnet import backends, nn, optim, report
+from scratchnet import nn, optim, report
 from scratchnet.files import write_json
 from scratchnet.models import Net
+from scratchnet.step import compile_step
 
 MFLOP_PER_IMAGE = 3.205  # forward + backward (no input gradient for conv1) of the tutorial Net
 LR, MOMENTUM = 0.001, 0.9
@@ -111,7 +112,7 @@ def scratchnet_step(batch_size, backend, threads=None):
     net = Net(seed=0).to(backend)
     optimizer = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
     criterion = nn.CrossEntropyLoss().to(backend)  # as the training CLI does
-    step = backends.get(backend).compile_step(net, criterion, optimizer, batch_size, label_pool=labels)
+    step = compile_step(net, criterion, optimizer, batch_size, label_pool=labels)
     return lambda: step(images, labels)
 
 
@@ -228,11 +229,12 @@ _FIRST_STEP = """
 import time
 start = time.perf_counter()
 import numpy as np
-from scratchnet import backends, nn, optim
+from scratchnet import nn, optim
 from scratchnet.models import Net
+from scratchnet.step import compile_step
 net, criterion = Net(seed=0).to("numba"), nn.CrossEntropyLoss().to("numba")
 optimizer = optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-step = backends.get("numba").compile_step(net, criterion, optimizer, 4)
+step = compile_step(net, criterion, optimizer, 4)
 step(np.zeros((4, 3, 32, 32), np.float32), np.zeros(4, np.int64))
 print(time.perf_counter() - start)
 """

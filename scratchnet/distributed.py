@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from scratchnet import report
+from scratchnet import backends, report
 from scratchnet.data import DataLoader
 from scratchnet.evaluate import predict
 
@@ -63,20 +63,25 @@ def launcher_rank():
     return int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
 
 
-def init(backend="numpy", timeout=DEFAULT_TIMEOUT_S):
-    """The communicator of this job: MPI for the CPU backends, NCCL for ``"cupy"``; one worker without a launcher.
+def init(backend=backends.REFERENCE, timeout=DEFAULT_TIMEOUT_S):
+    """The communicator of this job for the named backend's arrays, over the transport that backend names
+    (``Backend.collective_transport``): MPI for host arrays, NCCL for GPU arrays; one worker without a launcher.
 
     ``timeout`` (seconds, None for no bound) bounds every collective wait.
     """
     if not launched():
         return SingleProcess()
     try:
+        transport = backends.get(backend).collective_transport
+    except backends.BackendError as exc:
+        raise DistributedError(str(exc)) from None
+    try:
         from mpi4py import MPI
     except ImportError:
         raise DistributedError("started by an MPI launcher but mpi4py is missing: "
                                "pip install mpi4py mpich (the 'distributed' extra)") from None
     world = MpiCommunicator(MPI.COMM_WORLD, timeout)
-    return NcclCommunicator(world) if backend == "cupy" else world
+    return NcclCommunicator(world) if transport == NcclCommunicator.transport else world
 
 
 class SingleProcess:

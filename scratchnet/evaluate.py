@@ -14,6 +14,7 @@ import numpy as np
 from scratchnet import backends, checkpoint, cli, report
 from scratchnet.data import CIFAR10, DataError, DataLoader
 from scratchnet.models import Net
+from scratchnet.step import compile_forward
 
 # The weights a run folder holds: scratchnet's, or the reference tutorial's.
 RUN_WEIGHTS = ("cifar_net.npz", "cifar_net.pth")
@@ -22,12 +23,12 @@ RUN_WEIGHTS = ("cifar_net.npz", "cifar_net.pth")
 def predict(net, loader):
     """Class predictions (host int64 array) for every image the loader yields, in order.
 
-    The network runs in the backend's compiled forward (``compile_forward``: fused on numba),
+    The network runs in its backend's compiled forward (``step.compile_forward``: fused on numba),
     which gives ``net(x)``'s results; predictions stay on the backend until the end: one
     device-to-host copy in all.
     """
     xp = loader.backend.xp
-    forward = loader.backend.compile_forward(net)
+    forward = compile_forward(net)
     predictions = xp.empty(len(loader.dataset), dtype=xp.int64)
     start = 0
     for images, _ in loader:

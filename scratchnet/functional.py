@@ -10,7 +10,7 @@ for numpy arrays, the reference); these functions parse, check and reshape.
 import numpy as np
 
 from scratchnet import backends
-from scratchnet.backends.base import check_class_indices, conv2d_output_hw, max_pool2d_output_hw
+from scratchnet.geometry import check_class_indices, conv2d_output_hw, max_pool2d_output_hw, plain_conv, plain_pool
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -105,12 +105,9 @@ class Conv2dArguments:
     def output_hw(self, h, w):
         return conv2d_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation)
 
-    def is_plain(self):
-        """Whether this is the geometry of the fused ops and the fast kernels: stride, padding the
-        same along both axes and on every side, no dilation, one group (the tutorial's convolutions)."""
-        (top, bottom), (left, right) = self.padding
-        return (self.stride[0] == self.stride[1] and top == bottom == left == right and self.dilation == (1, 1)
-                and self.groups == 1)
+    def plain(self):
+        """(stride, padding) as ints when the fused ops take this convolution (``geometry.plain_conv``), else None."""
+        return plain_conv(self.stride, self.padding, self.dilation, self.groups)
 
     def check_input(self, x):
         """Refuse an input this convolution cannot take, as torch does."""
@@ -160,10 +157,9 @@ class MaxPool2dArguments:
     def output_hw(self, h, w):
         return max_pool2d_output_hw((h, w), self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
 
-    def is_plain(self):
-        """Whether the fused ops take this pool: a square window and stride, no padding or dilation, floor mode."""
-        return (self.kernel[0] == self.kernel[1] and self.stride[0] == self.stride[1] and self.padding == (0, 0)
-                and self.dilation == (1, 1) and not self.ceil_mode)
+    def plain(self):
+        """(kernel, stride) as ints when the fused ops take this pool (``geometry.plain_pool``), else None."""
+        return plain_pool(self.kernel, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def check_input(self, x):
         check_float_input(x, (3, 4), "(C, H, W) or (N, C, H, W)", self.caller)

@@ -13,7 +13,7 @@ class Net(nn.Sequential):
     ``width`` multiplies both conv channel counts (the tutorial's "make it wider"
     exercise). Parameter names and shapes equal the tutorial's ``Net``, so a
     ``state_dict`` copies across frameworks both ways. The layers are plain; a backend's
-    ``compile_step`` fuses conv -> ReLU -> pool and linear -> ReLU when it trains them.
+    ``step.compile_step`` fuses conv -> ReLU -> pool and linear -> ReLU when it trains them.
     """
 
     def __init__(self, width=1, seed=None):

@@ -12,7 +12,7 @@ import numpy as np
 
 from scratchnet import backends, functional
 from scratchnet import nn_utils as utils  # noqa: F401 -- torch's nn.utils: scratchnet.nn.utils.clip_grad_norm_
-from scratchnet.backends.base import check_class_indices
+from scratchnet.geometry import check_class_indices
 from scratchnet.random import default_generator
 
 
@@ -20,7 +20,7 @@ class Parameter:
     """A trainable array and the gradient accumulated for it."""
 
     def __init__(self, data, backend=None):
-        self.backend = backend or backends.get("numpy")  # where its optimizer step runs
+        self.backend = backend or backends.reference()  # where its optimizer step runs
         self.data = data
         self.grad = np.zeros_like(data)  # dispatches to cupy for cupy arrays
 
@@ -33,11 +33,20 @@ class Parameter:
 
 
 class Module:
-    """Base class: parameter bookkeeping, state_dict, backend and dtype moves."""
+    """Base class: parameters, buffers, children, state_dict, train/eval mode, backend and dtype moves.
+
+    As torch.nn.Module: a buffer (``register_buffer``) is state that is not trained, such as
+    batch norm's running statistics; persistent ones are in the ``state_dict`` after the
+    module's parameters and before its children's entries. ``training`` is the mode that
+    ``train()`` / ``eval()`` set on the module and every child.
+    """
 
     def __init__(self):
-        self.backend = backends.get("numpy")
+        self.backend = backends.reference()
+        self.training = True
         self._params = {}
+        self._buffers = {}
+        self._non_persistent = set()
         self._children = {}
 
     def __setattr__(self, name, value):
@@ -45,6 +54,8 @@ class Module:
             self.__dict__.setdefault("_params", {})[name] = value
         elif isinstance(value, Module):
             self.__dict__.setdefault("_children", {})[name] = value
+        elif name in self.__dict__.get("_buffers", ()):
+            self._buffers[name] = value  # assigning to a buffer replaces it, as in torch
         object.__setattr__(self, name, value)
 
     def __call__(self, x):
@@ -68,10 +79,12 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
+        """The gradient for the input of the last forward call; parameter gradients added to ``.grad``.
+        ``need_input_grad=False`` allows a module to skip its input gradient and return None."""
         raise NotImplementedError
 
-    # ---- parameters ---------------------------------------------------------------
+    # ---- parameters and buffers -------------------------------------------------------------
 
     def named_parameters(self, prefix=""):
         for name, param in self._params.items():
@@ -82,6 +95,29 @@ class Module:
     def parameters(self):
         for _, param in self.named_parameters():
             yield param
+
+    def register_buffer(self, name, array, persistent=True):
+        """Add the array ``array`` (or None) as buffer ``name``, read and replaced as an attribute;
+        ``persistent=False`` keeps it out of the ``state_dict``."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"buffer name must be a non-empty string without '.', got {name!r}")
+        if name in self.__dict__ and name not in self._buffers:
+            raise KeyError(f"attribute '{name}' already exists")
+        self._buffers[name] = array
+        (self._non_persistent.discard if persistent else self._non_persistent.add)(name)
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix=""):
+        """Every buffer that is not None, this module's first, by torch name."""
+        for name, array in self._buffers.items():
+            if array is not None:
+                yield prefix + name, array
+        for name, child in self._children.items():
+            yield from child.named_buffers(f"{prefix}{name}.")
+
+    def buffers(self):
+        for _, array in self.named_buffers():
+            yield array
 
     def modules(self):
         yield self
@@ -98,36 +134,64 @@ class Module:
         for param in self.parameters():
             param.grad[...] = 0
 
+    # ---- modes ----------------------------------------------------------------------------------
+
+    def train(self, mode=True):
+        """Set training mode (``mode=False``: evaluation mode) on this module and every child; return self."""
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # ---- state_dict -----------------------------------------------------------------------------
+
+    def _state(self, prefix=""):
+        """(name, owner, attribute) of every state_dict entry, in torch's order: per module its parameters,
+        then its persistent buffers, then its children's entries."""
+        for name in self._params:
+            yield prefix + name, self, name
+        for name, array in self._buffers.items():
+            if array is not None and name not in self._non_persistent:
+                yield prefix + name, self, name
+        for name, child in self._children.items():
+            yield from child._state(f"{prefix}{name}.")
+
+    def _array(self, attribute):
+        value = getattr(self, attribute)
+        return value.data if isinstance(value, Parameter) else value
+
     def state_dict(self):
-        """Parameters by torch name, as plain numpy arrays (copies)."""
-        return {name: self.backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+        """Parameters and persistent buffers by torch name, as plain numpy arrays (copies)."""
+        return {name: owner.backend.to_numpy(owner._array(attribute)).copy() for name, owner, attribute in self._state()}
 
     def load_state_dict(self, state_dict):
         """Copy arrays in by name; keys and shapes must match exactly, as torch's strict load."""
-        own = dict(self.named_parameters())
+        own = {name: (owner, attribute) for name, owner, attribute in self._state()}
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
         if missing or unexpected:
             raise KeyError(
                 f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {unexpected}"
             )
-        for name, param in own.items():
-            value = np.asarray(self._host(state_dict[name]))
-            if value.shape != param.data.shape:
+        for name, (owner, attribute) in own.items():
+            value = np.asarray(_host(state_dict[name]))
+            target = owner._array(attribute)
+            if value.shape != target.shape:
                 raise ValueError(
                     f"{type(self).__name__}.load_state_dict: {name} has shape {value.shape}, "
-                    f"expected {param.data.shape}"
+                    f"expected {target.shape}"
                 )
-            param.data[...] = self.backend.asarray(value.astype(param.data.dtype))
-
-    @staticmethod
-    def _host(value):
-        return value.get() if hasattr(value, "get") and not isinstance(value, np.ndarray) else value
+            target[...] = owner.backend.asarray(value.astype(target.dtype))
 
     # ---- moves ----------------------------------------------------------------------
 
     def to(self, target):
-        """Move to a backend (``"numpy"``, ``"numba"``, ``"cupy"``) or cast to a float dtype."""
+        """Move to a backend (``"numpy"``, ``"numba"``, ``"cupy"``) or cast to a float dtype; as torch,
+        a cast changes floating-point parameters and buffers only."""
         dtype = _float_dtype(target)
         backend = backends.get(target) if dtype is None else None
         for module in self.modules():
@@ -135,10 +199,12 @@ class Module:
             if backend is not None:
                 module.backend = backend
             for param in module._params.values():
-                host = source.to_numpy(param.data)
-                param.data = module.backend.asarray(host, dtype=dtype or host.dtype)
+                param.data = _moved(param.data, source, module.backend, dtype)
                 param.backend = module.backend
                 param.grad = np.zeros_like(param.data)
+            for name, array in module._buffers.items():
+                if array is not None:
+                    setattr(module, name, _moved(array, source, module.backend, dtype))
         return self
 
     def double(self):
@@ -180,6 +246,18 @@ class Module:
         if value is None:
             raise RuntimeError(f"{self!r}.backward called before forward")
         return value
+
+
+def _host(value):
+    """A state_dict value as a host array: a backend's array copied over, anything else (numpy, lists) as is."""
+    owner = backends.owner(value)
+    return value if owner is None else owner.to_numpy(value)
+
+
+def _moved(array, source, backend, dtype):
+    """``array`` of ``source`` on ``backend``, cast to ``dtype`` if given and the array is floating point."""
+    host = source.to_numpy(array)
+    return backend.asarray(host, dtype=dtype if dtype is not None and host.dtype.kind == "f" else host.dtype)
 
 
 def _float_dtype(target):
@@ -243,7 +321,7 @@ class Conv2d(Module):
 
     def plain_geometry(self):
         """(stride, padding) as ints when the fused ops take this layer (see ``Backend``), else None."""
-        return (self.stride[0], self._args.padding[0][0]) if self._args.is_plain() else None
+        return self._args.plain()
 
     def forward(self, x):
         self._y_shape = self.output_shape(x)
@@ -330,8 +408,7 @@ class MaxPool2d(Module):
 
     def plain_geometry(self):
         """(kernel, stride) as ints when the fused ops take this pool (see ``Backend``), else None."""
-        return (self._args.kernel[0], self._args.stride[0]) if self._args.is_plain() and not self.return_indices \
-            else None
+        return None if self.return_indices else self._args.plain()
 
     def forward(self, x):
         self._check_input(x)
@@ -349,7 +426,7 @@ class MaxPool2d(Module):
         """The output's shape for an input of ``input_shape``; a ValueError naming the layer if too small."""
         return self._args.output_shape(input_shape)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
         indices = self._saved("_indices")
         grad_out = self._grad_out(grad_out, indices.shape)
         (grad_out, unbatched), indices = functional.batched(grad_out, 3), functional.batched(indices, 3)[0]
@@ -368,7 +445,7 @@ class ReLU(Module):
         self._y = self.backend.relu_forward(x)
         return self._y
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
         y = self._saved("_y")
         return self.backend.relu_backward(self._grad_out(grad_out, y.shape), y)
 
@@ -386,7 +463,7 @@ class Flatten(Module):
         self._x_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, need_input_grad=True):
         shape = self._saved("_x_shape")
         return self._grad_out(grad_out, (shape[0], math.prod(shape[1:]))).reshape(shape)
 
@@ -394,7 +471,7 @@ class Flatten(Module):
 class Sequential(Module):
     """Layers run in order, as torch.nn.Sequential: ``Sequential(a, b, ...)`` names them
     "0", "1", ...; ``Sequential(OrderedDict(name=layer, ...))`` keeps the given names, which
-    become the ``state_dict`` prefixes. Backends' ``compile_step`` fuses runs of its layers."""
+    become the ``state_dict`` prefixes. ``step.compile_step`` fuses runs of its layers."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -421,9 +498,11 @@ class Sequential(Module):
             x = module(x)
         return x
 
-    def backward(self, grad_out):
-        for module in reversed(self._children.values()):
-            grad_out = module.backward(grad_out)
+    def backward(self, grad_out, need_input_grad=True):
+        """Back through the layers in reverse; only the first is told ``need_input_grad``."""
+        layers = list(self._children.values())
+        for index in range(len(layers) - 1, -1, -1):
+            grad_out = layers[index].backward(grad_out, need_input_grad or index > 0)
         return grad_out
 
 
@@ -466,7 +545,7 @@ class CrossEntropyLoss(Module):
         ``check_label_values=False`` skips it for CUDA graph capture, where that is not
         allowed, and the caller checks with ``check_class_indices`` before each replay.
         """
-        self.backend = _backend_of(logits, self.backend)
+        self.backend = backends.for_array(logits, self.backend)  # no parameters: it follows its logits
         self.backend.check_array(logits, self)
         self.backend.check_array(target, self._target_name)
         args = self._args
@@ -505,9 +584,3 @@ class CrossEntropyLoss(Module):
         grad = self.backend.cross_entropy_backward(saved, grad_out)
         return self._args.unrows(grad, self._logits_shape)
 
-
-def _backend_of(array, current):
-    """The loss has no parameters, so it follows whichever backend its logits live on."""
-    if isinstance(array, np.ndarray):
-        return current if current.xp is np else backends.get("numpy")
-    return backends.get("cupy")

@@ -1,16 +1,44 @@
-"""The training step: the plain eager form, and the fused form that backends compile a model into.
+"""The training step: the plain eager form, the fused form, and the choice between them by backend capability.
 
 ``eager_step`` is the tutorial's loop body, module by module. ``FusedStep`` computes the
 same step for any ``Sequential`` of our layers (nested ones included) with the fused
 backend ops where the layers allow: each conv -> ReLU -> max-pool run becomes one
-``conv2d_relu_max_pool2d`` stage (when its geometry is the plain one those ops take: see
-``Backend``) and each linear -> ReLU one ``linear_relu`` stage; every other layer runs as
-itself. Its backward stops at the first layer with parameters, which needs no input
-gradient (as torch skips it for an input that does not require one).
+``conv2d_relu_max_pool2d`` stage (when its geometry is the plain one those ops take:
+``geometry.plain_conv`` / ``plain_pool``) and each linear -> ReLU one ``linear_relu`` stage;
+every other layer runs as itself. Its backward stops at the first layer with parameters,
+which needs no input gradient (as torch skips it for an input that does not require one).
 A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
+
+``compile_step`` and ``compile_forward`` pick the form from what the model's backend
+advertises (``Backend.fused_training``, ``fused_inference``, ``accelerate_step``); the
+backends import nothing of this module.
 """
 
+import functools
+
 from scratchnet import functional, nn
+
+
+def compile_step(model, criterion, optimizer, batch_size, label_pool=None, capture=True):
+    """The training step of ``model`` in its backend's fastest form.
+
+    Returns ``step(images, labels, check_label_values=True) -> (logits, loss)``, which runs
+    zero_grad, forward, loss, backward and the optimizer update, and gives the results of
+    the plain eager step. ``batch_size`` is the size of the batches to come (an epoch's last
+    batch may be smaller); ``label_pool``, when given, holds every label those batches carry;
+    ``capture`` allows a backend to record the step once and replay it (CUDA graphs). On the
+    reference backend it is the eager step itself: the reference computes exactly what it says.
+    """
+    backend = model.backend
+    if not backend.fused_training:
+        return functools.partial(eager_step, model, criterion, optimizer)
+    return backend.accelerate_step(FusedStep(model, criterion, optimizer), batch_size, label_pool, capture)
+
+
+def compile_forward(model):
+    """``forward(x) -> model(x)`` in its backend's fastest form (for inference: no gradients follow), with the
+    same results: the fused stages where the backend runs them faster, else the model itself."""
+    return fused_forward(model) if model.backend.fused_inference else model
 
 
 def eager_step(model, criterion, optimizer, images, labels, check_label_values=True):
@@ -31,6 +59,9 @@ class FusedStep:
     def __init__(self, model, criterion, optimizer):
         self.model, self.criterion, self.optimizer = model, criterion, optimizer
         self.stages = plan(model)
+        # A backend may run a plain cross-entropy through kernels of its own: its options, else None.
+        self.loss_options = ((criterion.weight, criterion.ignore_index, criterion.reduction, criterion.label_smoothing)
+                             if type(criterion) is nn.CrossEntropyLoss else None)
         # A stage's input gradient is needed only when some stage before it has parameters.
         self.needs_input_grad = [any(stage.has_parameters for stage in self.stages[:index])
                                   for index in range(len(self.stages))]
@@ -101,20 +132,24 @@ def _is_linear_relu(run):
     return len(run) == 2 and type(run[0]) is nn.Linear and type(run[1]) is nn.ReLU
 
 
+# Stages name what they compute in ``op`` (the fused backend op, or the single layer's), so that a backend
+# can lay out buffers for them without importing this module.
+_LAYER_OPS = {nn.Linear: "linear", nn.Flatten: "flatten"}
+
+
 class LayerStage:
     """One layer (or a whole model) through its own forward and backward."""
 
     def __init__(self, layer):
         self.layer = layer
+        self.op = _LAYER_OPS.get(type(layer), "layer")
         self.has_parameters = any(True for _ in layer.parameters())
 
     def forward(self, x):
         return self.layer(x)
 
     def backward(self, grad, need_input_grad):
-        if isinstance(self.layer, (nn.Conv2d, nn.Linear)):
-            return self.layer.backward(grad, need_input_grad)
-        return self.layer.backward(grad)
+        return self.layer.backward(grad, need_input_grad)
 
 
 class ConvReLUPoolStage:
@@ -122,6 +157,7 @@ class ConvReLUPoolStage:
     input runs as a batch of one."""
 
     has_parameters = True
+    op = "conv2d_relu_max_pool2d"
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
@@ -150,13 +186,14 @@ class LinearReLUStage:
     """``relu(linear(x))`` through one fused backend op each way."""
 
     has_parameters = True
+    op = "linear_relu"
 
     def __init__(self, linear):
-        self.linear = linear
+        self.layer = linear
         self._checked = None
 
     def forward(self, x):
-        linear = self.linear
+        linear = self.layer
         if _input_signature(x, linear) != self._checked:
             self._shape = linear.output_shape(x)
             self._checked = _input_signature(x, linear)
@@ -166,7 +203,7 @@ class LinearReLUStage:
         return self._y.reshape(shape)
 
     def backward(self, grad, need_input_grad):
-        linear = self.linear
+        linear = self.layer
         grad_x = linear.backend.linear_relu_backward(self._x, linear.weight.data, self._y,
                                                      grad.reshape(self._y.shape), linear.weight.grad,
                                                      _grad(linear.bias), need_input_grad)

@@ -19,6 +19,7 @@ from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
 from scratchnet.evaluate import class_probabilities, evaluate, parameter_shapes
 from scratchnet.models import Net
 from scratchnet.optim import SGD
+from scratchnet.step import compile_step
 from scratchnet.tensorboard_log import TensorBoardLog, TensorBoardMissing
 
 WEIGHTS_FILE = "cifar_net.npz"
@@ -49,7 +50,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     bit for bit where the saved run stopped.
 
     Each step is the backend's compiled form of the model's training step
-    (``Backend.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
+    (``step.compile_step``: fused layers, and with ``capture`` a replayed CUDA graph on
     a GPU), whose results equal the eager step's.
 
     Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
@@ -64,8 +65,8 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     average = average_losses or np.asarray
     xp = loader.backend.xp
     state = state if state is not None else resume.TrainingState()
-    take_step = loader.backend.compile_step(net, criterion, optimizer, loader.batch_size,
-                                            label_pool=loader.targets, capture=capture and scheduler is None)
+    take_step = compile_step(net, criterion, optimizer, loader.batch_size, label_pool=loader.targets,
+                             capture=capture and scheduler is None)
     per_step = scheduler if scheduler_interval == "step" else None
     steps = len(loader)
     loss_curve, epoch_losses, step_losses = state.loss_curve, state.epoch_losses, []

@@ -1,4 +1,4 @@
-"""``Backend.compile_step``: any Sequential of our layers trains through the fused path, with the
+"""``step.compile_step``: any Sequential of our layers trains through the fused path, with the
 results of the plain eager step, and the fused kernels are the ones that run."""
 
 import functools
@@ -11,7 +11,8 @@ from harness import relative_error
 from scratchnet import nn, optim
 from scratchnet.backends.base import Backend
 from scratchnet.models import Net
-from scratchnet.step import ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage, eager_step, plan
+from scratchnet.step import (ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage, compile_forward, compile_step,
+                             eager_step, plan)
 
 STEPS = 4
 
@@ -39,7 +40,7 @@ def _train(model, backend, compiled, batches):
     criterion = nn.CrossEntropyLoss().to(backend.name)
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     if compiled:
-        step = backend.compile_step(model, criterion, optimizer, batch_size=len(batches[0][1]))
+        step = compile_step(model, criterion, optimizer, batch_size=len(batches[0][1]))
     else:
         step = functools.partial(eager_step, model, criterion, optimizer)
     losses = [float(step(backend.asarray(images), backend.asarray(labels))[1]) for images, labels in batches]
@@ -67,7 +68,7 @@ def test_compiled_forward_gives_the_model_s_outputs_bit_for_bit(backend, name, d
     model = MODELS[name]().to(backend.name).to(dtype)
     images = backend.asarray(_batches(count=1)[0][0].astype(dtype))
     expected = backend.to_numpy(model(images))
-    got = backend.to_numpy(backend.compile_forward(model)(images))
+    got = backend.to_numpy(compile_forward(model)(images))
     assert got.dtype == expected.dtype and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
 

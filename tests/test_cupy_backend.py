@@ -20,7 +20,7 @@ from harness import relative_error
 from scratchnet import backends, nn, optim
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
-from scratchnet.step import eager_step
+from scratchnet.step import compile_step, eager_step
 from scratchnet.train import fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,7 +187,7 @@ def _tutorial_step(captured, label_pool=None):
     optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     if not captured:
         return functools.partial(eager_step, net, nn.CrossEntropyLoss(), optimizer)
-    return backends.get("cupy").compile_step(net, nn.CrossEntropyLoss(), optimizer, 4, label_pool=label_pool)
+    return compile_step(net, nn.CrossEntropyLoss(), optimizer, 4, label_pool=label_pool)
 
 
 def test_captured_step_returns_each_steps_outputs(gpu):

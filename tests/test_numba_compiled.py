@@ -6,9 +6,9 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from scratchnet import backends, nn, optim
+from scratchnet import nn, optim
 from scratchnet.models import Net
-from scratchnet.step import FusedStep
+from scratchnet.step import FusedStep, compile_step
 
 try:
     from scratchnet.backends.numba import compiled
@@ -41,7 +41,7 @@ def _pair(make_model, dtype, criterion=nn.CrossEntropyLoss):
         optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         steps.append((model, criterion().to("numba"), optimizer))
     (model, loss, optimizer), (fused_model, fused_loss, fused_optimizer) = steps
-    step = backends.get("numba").compile_step(model, loss, optimizer, 4)
+    step = compile_step(model, loss, optimizer, 4)
     assert isinstance(step, compiled.CompiledStep)
     return step, model, FusedStep(fused_model, fused_loss, fused_optimizer), fused_model
 

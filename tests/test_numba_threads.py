@@ -8,8 +8,9 @@ agree bit for bit (work splits into fixed chunks, summed in a fixed order).
 import numpy as np
 import pytest
 
-from scratchnet import backends, nn, optim
+from scratchnet import nn, optim
 from scratchnet.models import Net
+from scratchnet.step import compile_step
 
 try:
     from scratchnet.backends.numba import jit
@@ -56,7 +57,7 @@ def _compiled_training(steps=3):
     """Weights after a few steps of the numba backend's compiled (fused) training step."""
     net = Net(seed=0).to("numba")
     criterion = nn.CrossEntropyLoss().to("numba")
-    step = backends.get("numba").compile_step(net, criterion, optim.SGD(net.parameters(), lr=0.01, momentum=0.9), 6)
+    step = compile_step(net, criterion, optim.SGD(net.parameters(), lr=0.01, momentum=0.9), 6)
     rng = np.random.default_rng(2)
     for _ in range(steps):
         step(rng.uniform(-1, 1, (6, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 6))

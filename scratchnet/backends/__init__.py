@@ -6,18 +6,18 @@ contract); ``numpy_backend`` is the readable reference, ``numba`` and ``cupy`` p
 
 import importlib
 
-import numpy as np
+from scratchnet.backends.base import BackendError
 
+# In the order ``for_array`` asks them: a host array belongs to the reference first.
 _MODULES = {
     "numpy": "scratchnet.backends.numpy_backend",
     "numba": "scratchnet.backends.numba",
     "cupy": "scratchnet.backends.cupy",
 }
+REFERENCE = "numpy"
 _LOADED = {}
 
-
-class BackendError(ValueError):
-    """An unknown backend name, or a backend whose library or device is missing."""
+__all__ = ["BackendError", "REFERENCE", "available", "for_array", "get", "names", "owner", "reference"]
 
 
 def names():
@@ -41,9 +41,33 @@ def get(name):
         ) from None
 
 
-def for_array(array):
-    """The reference backend for a host array, the cupy backend for any other (a GPU array)."""
-    return get("numpy") if isinstance(array, (np.ndarray, np.generic)) else get("cupy")
+def reference():
+    """The readable reference backend, where modules and parameters start."""
+    return get(REFERENCE)
+
+
+def owner(array, preferred=None):
+    """The loaded backend ``array`` belongs to, or None: ``preferred`` when it owns the array, else the first
+    loaded one in the registry's order that does. Both CPU backends own host arrays, so a host array belongs
+    to the reference unless the caller prefers numba (a loss moved there stays there)."""
+    if preferred is not None and preferred.owns(array):
+        return preferred
+    for name in _MODULES:
+        backend = _LOADED.get(name)
+        if backend is not None and backend.owns(array):
+            return backend
+    return None
+
+
+def for_array(array, preferred=None):
+    """``owner(array, preferred)``, loading the other available backends to ask them if no loaded one owns
+    it (an array made by CuPy itself); a TypeError if none does."""
+    backend = owner(array, preferred)
+    if backend is None:
+        backend = next((get(name) for name in available() if get(name).owns(array)), None)
+    if backend is None:
+        raise TypeError(f"no scratchnet backend computes on {type(array).__module__}.{type(array).__name__}")
+    return backend
 
 
 def available():

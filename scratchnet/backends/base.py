@@ -21,39 +21,7 @@ The contract every op keeps:
   and ``check_array`` refuses an array of another device.
 """
 
-import functools
-
 import numpy as np
-
-
-def conv_output_size(size, kernel, stride=1, padding=0):
-    """Output length of a convolution (or floor-mode pooling) along one axis, as torch computes it."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def conv2d_output_hw(hw, kernel, stride, padding, dilation):
-    """Output (H, W) of a convolution: the padded size against the dilated kernel.
-    ``padding`` is ((top, bottom), (left, right)), the other arguments pairs."""
-    return tuple((size + before + after - d * (k - 1) - 1) // s + 1
-                 for size, k, s, (before, after), d in zip(hw, kernel, stride, padding, dilation))
-
-
-def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    """Output length of a max-pool along one axis. In ceil mode torch drops a last window
-    that would start inside the right padding, so every window starts on the input or the left padding."""
-    reach = size + 2 * padding - dilation * (kernel - 1) - 1
-    if not ceil_mode:
-        return reach // stride + 1
-    out = -(-reach // stride) + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
-def max_pool2d_output_hw(hw, kernel, stride, padding, dilation, ceil_mode):
-    """Output (H, W) of a max-pool; every argument but ``ceil_mode`` a pair."""
-    return tuple(pool_output_size(size, k, s, p, d, ceil_mode)
-                 for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
 
 
 def normalize_pixels(pixels, dtype=None):
@@ -66,18 +34,8 @@ def normalize_pixels(pixels, dtype=None):
     return data if dtype is None else data.astype(dtype, copy=False)
 
 
-def check_class_indices(labels, classes, what, ignore_index=None):
-    """Raise a ValueError naming ``what`` unless every label lies in [0, classes) or equals ``ignore_index``."""
-    if labels.size and 0 <= int(labels.min()) and int(labels.max()) < classes:
-        return  # every label a class: no need to pick out the ignored ones
-    counted = labels if ignore_index is None else labels[labels != ignore_index]
-    if counted.size == 0:
-        return
-    low, high = int(counted.min()), int(counted.max())
-    if low < 0 or high >= classes:
-        ignored = "" if ignore_index is None else f" (or equal ignore_index={ignore_index})"
-        raise ValueError(f"{what}: labels must lie in [0, {classes - 1}] for {classes} classes{ignored}, "
-                         f"got {low}..{high}")
+class BackendError(ValueError):
+    """An unknown backend name, or a backend whose library or device is missing."""
 
 
 class Backend:
@@ -94,6 +52,10 @@ class Backend:
 
     def to_numpy(self, array):
         """A host copy (or view) of one of this backend's arrays."""
+        raise NotImplementedError
+
+    def owns(self, array):
+        """Whether ``array`` is of the kind this backend computes on (the registry asks: ``backends.for_array``)."""
         raise NotImplementedError
 
     def check_array(self, array, what):
@@ -229,27 +191,20 @@ class Backend:
         return self.linear_backward(x, weight, self.relu_backward(grad_y, y), grad_weight, grad_bias,
                                     need_input_grad)
 
-    # ---- the training step ---------------------------------------------------------------
+    # ---- training-step capabilities ----------------------------------------------------------
+    # ``scratchnet.step`` builds the training step and reads these; no backend imports it.
 
-    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
-        """The training step of ``model`` in this backend's fastest form.
+    fused_training = False  # whether the step runs the fused stages (else the plain eager step: the reference)
+    fused_inference = False  # whether inference runs the fused stages (else the model itself)
 
-        Returns ``step(images, labels, check_label_values=True) -> (logits, loss)``, which
-        runs zero_grad, forward, loss, backward and the optimizer update, and gives the
-        results of the plain eager step (``scratchnet.step.eager_step``). ``batch_size`` is
-        the size of the batches to come (an epoch's last batch may be smaller);
-        ``label_pool``, when given, holds every label those batches carry; ``capture``
-        allows a backend to record the step once and replay it (CUDA graphs). This
-        default is the eager step itself: the reference computes exactly what it says.
-        """
-        from scratchnet.step import eager_step  # the step drives nn modules, which import the backends
+    def accelerate_step(self, step, batch_size, label_pool, capture):
+        """The fused step ``step`` (``scratchnet.step.FusedStep``) in this backend's fastest form, with the
+        same results: see ``scratchnet.step.compile_step`` for the arguments. This default is the step itself."""
+        return step
 
-        return functools.partial(eager_step, model, criterion, optimizer)
-
-    def compile_forward(self, model):
-        """``forward(x) -> model(x)`` in this backend's fastest form (for inference: no gradients follow),
-        with the same results. This default is the model itself."""
-        return model
+    # How a data-parallel job exchanges this backend's arrays (``scratchnet.distributed``): "mpi" for host
+    # arrays, "nccl" for CUDA device arrays.
+    collective_transport = "mpi"
 
 
 def _plain_conv(stride, padding):

@@ -7,7 +7,8 @@ math. It keeps the default (eager, unfused) training step: it computes what it s
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from scratchnet.backends.base import Backend, conv2d_output_hw, max_pool2d_output_hw
+from scratchnet.backends.base import Backend
+from scratchnet.geometry import conv2d_output_hw, max_pool2d_output_hw
 
 
 class NumpyBackend(Backend):
@@ -22,6 +23,10 @@ class NumpyBackend(Backend):
 
     def to_numpy(self, array):
         return np.asarray(array)
+
+    def owns(self, array):
+        """Host arrays (numba owns them too: ``backends.owner`` gives them to this reference first)."""
+        return isinstance(array, (np.ndarray, np.generic))
 
     def check_array(self, array, what):
         if not isinstance(array, (np.ndarray, np.generic)):

@@ -12,17 +12,17 @@ go through im2col and a cuBLAS GEMM, whose throughput wins once there is work.
 Both routes are deterministic: cuBLAS on one stream is, and our kernels never
 use atomics. Dense products split the same way: small ones (the tutorial's
 linear layers) run our one-launch ``matmul_direct``, which also lets a training
-step be captured into a CUDA graph (``graph``, returned by ``compile_step``): CuPy refuses
+step be captured into a CUDA graph (``graph``, returned by ``accelerate_step``): CuPy refuses
 cuBLAS calls during stream capture.
 """
 
 import numpy as np
 
-from scratchnet.backends import BackendError
-from scratchnet.backends.base import Backend, conv2d_output_hw, conv_output_size, max_pool2d_output_hw
+from scratchnet.backends.base import Backend, BackendError
 from scratchnet.backends.cupy import sources
 from scratchnet.backends.cupy.device import EMULATED, cp
 from scratchnet.backends.cupy.graph import CapturedStep
+from scratchnet.geometry import conv2d_output_hw, conv_output_size, max_pool2d_output_hw, plain_conv, plain_pool
 
 _THREADS = 256
 _REDUCE_THREADS = sources.reduce_threads()
@@ -34,6 +34,8 @@ class CupyBackend(Backend):
     name = "cupy"
     xp = cp
     emulated = EMULATED
+    fused_training = True
+    collective_transport = "nccl"
 
     # Multiply-adds per conv op up to which the single-launch direct kernels are used.
     direct_conv_max_macs = 1 << 24
@@ -61,6 +63,10 @@ class CupyBackend(Backend):
     def to_numpy(self, array):
         """Copy a GPU array to the host."""
         return cp.asnumpy(array)
+
+    def owns(self, array):
+        """CuPy's device arrays (the emulated device's, when it stands in)."""
+        return isinstance(array, cp.ndarray)
 
     def check_array(self, array, what):
         """Refuse arrays that live on the host instead of copying them silently."""
@@ -117,14 +123,14 @@ class CupyBackend(Backend):
         # The kernels skip the bias when has_bias is 0; any valid pointer fills its slot.
         bias_arg = weight if bias is None else cp.ascontiguousarray(bias)
         has_bias = np.int32(bias is not None)
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
-        if plain_padding is None:
+        plain = plain_conv(stride, padding, dilation, groups)
+        if plain is None:
             sizes = _general_conv_sizes(x.shape, weight.shape, stride, padding, dilation, groups)
             out_hw = conv2d_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
             y = cp.empty((x.shape[0], weight.shape[0]) + out_hw, dtype=x.dtype)
             self._launch(x.dtype, "conv2d_forward_general", y.size, (x, weight, bias_arg, y, *sizes, has_bias))
             return y
-        stride, padding = stride[0], plain_padding
+        stride, padding = plain
         n, c, h, w, out_c, kh, kw, out_h, out_w = self._conv_shapes(x, weight, stride, padding)
         y = cp.empty((n, out_c, out_h, out_w), dtype=x.dtype)
         if self._is_direct(n, c, out_c, kh, kw, out_h, out_w):
@@ -140,12 +146,11 @@ class CupyBackend(Backend):
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
                         need_input_grad=True):
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
-        if plain_padding is None:
+        plain = plain_conv(stride, padding, dilation, groups)
+        if plain is None:
             return self._conv2d_general_backward(x, weight, grad_y, stride, padding, dilation, groups, grad_weight,
                                                  grad_bias, need_input_grad)
-        grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, stride[0], plain_padding,
-                                                              need_input_grad)
+        grad_x, weight_sum, bias_sum = self._conv2d_gradients(x, weight, grad_y, *plain, need_input_grad)
         grad_weight += weight_sum
         if grad_bias is not None:
             grad_bias += bias_sum
@@ -202,9 +207,10 @@ class CupyBackend(Backend):
         out_h, out_w = max_pool2d_output_hw((h, w), kernel, stride, padding, dilation, ceil_mode)
         y = cp.empty((n, c, out_h, out_w), dtype=x.dtype)
         indices = cp.empty(y.shape, dtype=cp.int64)
-        if _is_plain_pool(kernel, stride, padding, dilation) and not ceil_mode:
+        plain = plain_pool(kernel, stride, padding, dilation, ceil_mode)
+        if plain is not None:
             self._launch(x.dtype, "max_pool2d_forward", y.size, (
-                x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel[0], stride[0])))
+                x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, *plain)))
         else:
             self._launch(x.dtype, "max_pool2d_forward_general", y.size, (
                 x, y, indices, np.int64(n * c), *_ints(h, w, out_h, out_w, *kernel, *stride, *padding, *dilation)))
@@ -216,9 +222,10 @@ class CupyBackend(Backend):
         n, c, h, w = x_shape
         _, _, out_h, out_w = grad_y.shape
         grad_x = cp.empty(x_shape, dtype=grad_y.dtype)
-        if _is_plain_pool(kernel, stride, padding, dilation):
+        plain = plain_pool(kernel, stride, padding, dilation, ceil_mode=False)  # grad_y's shape carries ceil mode
+        if plain is not None:
             self._launch(grad_y.dtype, "max_pool2d_backward", grad_x.size, (
-                grad_y, indices, grad_x, np.int64(n * c), *_ints(h, w, out_h, out_w, kernel[0], stride[0])))
+                grad_y, indices, grad_x, np.int64(n * c), *_ints(h, w, out_h, out_w, *plain)))
         else:
             self._launch(grad_y.dtype, "max_pool2d_backward_general", grad_x.size, (
                 grad_y, indices, grad_x, np.int64(n * c),
@@ -331,25 +338,9 @@ class CupyBackend(Backend):
 
     # ---- the training step ---------------------------------------------------------------
 
-    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
-        """The fused step, as numba's (here the fused blocks are composed of this backend's kernels);
-        with ``capture``, batches of ``batch_size`` replay it from a CUDA graph, bit-identical to eager steps."""
-        from scratchnet.step import FusedStep  # the step drives nn modules, which import the backends
-
-        step = FusedStep(model, criterion, optimizer)
+    def accelerate_step(self, step, batch_size, label_pool, capture):
+        """With ``capture``, batches of ``batch_size`` replay the step from a CUDA graph, bit-identical to eager steps."""
         return CapturedStep(step, batch_size, label_pool=label_pool) if capture else step
-
-
-def _plain_padding(stride, padding, dilation, groups):
-    """The padding (an int) when this convolution takes the tutorial's kernels: a square stride,
-    the same padding on every side, no dilation, one group; else None."""
-    (top, bottom), (left, right) = padding
-    plain = stride[0] == stride[1] and top == bottom == left == right and dilation == (1, 1) and groups == 1
-    return top if plain else None
-
-
-def _is_plain_pool(kernel, stride, padding, dilation):
-    return kernel[0] == kernel[1] and stride[0] == stride[1] and padding == (0, 0) and dilation == (1, 1)
 
 
 def _general_conv_sizes(x_shape, weight_shape, stride, padding, dilation, groups):

@@ -35,8 +35,8 @@ What replaying relies on:
   decaying them), so the step captured next is the one every later step repeats.
 """
 
-from scratchnet.backends.base import check_class_indices
 from scratchnet.backends.cupy.device import cp as cupy
+from scratchnet.geometry import check_class_indices
 
 
 class CapturedStep:

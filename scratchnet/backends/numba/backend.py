@@ -5,8 +5,8 @@ The kernels live by op family beside this file: ``layout`` (shifted planes) and
 (cross-entropy with torch's options, SGD), ``general`` (convolution and max-pool of any
 other geometry). Stride-1 convolutions with the same padding on every side, no dilation
 and one group (the tutorial's) run on shifted planes, and conv -> ReLU -> max-pool as
-one fused pass over the convolution's rows; ``compile_step`` finds such
-runs in any ``Sequential`` and trains through them.
+one fused pass over the convolution's rows; ``scratchnet.step`` finds such
+runs in any ``Sequential`` and trains through them (``compiled``).
 """
 
 import collections
@@ -14,10 +14,13 @@ import functools
 
 import numpy as np
 
-from scratchnet.backends.base import conv2d_output_hw, conv_output_size, max_pool2d_output_hw
 from scratchnet.backends.numba import adam, conv, dense, general, layout, loss_sgd, pooling
+from scratchnet.backends.numba.compiled import CompiledStep
 from scratchnet.backends.numba.jit import threaded
+from scratchnet.backends.numba.loss_sgd import is_mean_loss
 from scratchnet.backends.numpy_backend import NumpyBackend
+from scratchnet.geometry import (conv2d_output_hw, conv_output_size, max_pool2d_output_hw, plain_pool,
+                                 shifted_planes_padding)
 
 # Flat views kept for at most this many lists of arrays: an optimizer passes the same three every step.
 _FLAT_VIEWS_KEPT = 16
@@ -27,6 +30,7 @@ class NumbaBackend(NumpyBackend):
     """Array handling is numpy's, so it derives from the reference; every op is its own."""
 
     name = "numba"
+    fused_training = fused_inference = True
 
     def __init__(self):
         # ids of a list's arrays -> their 1-D views. The views hold their arrays, so no id is reused meanwhile.
@@ -49,13 +53,13 @@ class NumbaBackend(NumpyBackend):
         return data if dtype is None else data.astype(dtype, copy=False)
 
     # ---- conv2d ----------------------------------------------------------------
-    # The plain geometry (``_plain_padding``: the tutorial's) runs on shifted planes; any
-    # other runs the general kernels.
+    # The plain geometry at stride 1 (``shifted_planes_padding``: the tutorial's) runs on shifted
+    # planes; any other runs the general kernels.
 
     def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
         x = np.ascontiguousarray(x)
         parallel = threaded(x.shape[0])
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        plain_padding = shifted_planes_padding(stride, padding, dilation, groups)
         if plain_padding is None:
             out_hw = conv2d_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
             y = np.empty((x.shape[0], weight.shape[0]) + out_hw, dtype=x.dtype)
@@ -72,7 +76,7 @@ class NumbaBackend(NumpyBackend):
         grad_y = np.ascontiguousarray(grad_y)
         x = np.ascontiguousarray(x)
         parallel = threaded(x.shape[0])
-        plain_padding = _plain_padding(stride, padding, dilation, groups)
+        plain_padding = shifted_planes_padding(stride, padding, dilation, groups)
         if plain_padding is None:
             weight = np.ascontiguousarray(weight)
             conv_geometry = _general_conv_geometry(stride, padding, dilation, groups)
@@ -91,7 +95,7 @@ class NumbaBackend(NumpyBackend):
                                  grad_bias)
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride):
-        if stride != 1:
+        if stride != 1:  # the geometry is plain (the fused ops take no other); shifted planes need stride 1 too
             return super().conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool_kernel, pool_stride)
         parallel = threaded(x.shape[0])
         rows, planes, geometry = _shifted_forward(np.ascontiguousarray(x), weight, _bias_or_zeros(bias, weight),
@@ -127,10 +131,9 @@ class NumbaBackend(NumpyBackend):
         y = np.empty(shape, dtype=x.dtype)
         indices = np.empty(shape, dtype=np.int64)
         x = np.ascontiguousarray(x)
-        # Without padding or dilation every window lies on the input (ceil mode's last one may not).
-        if kernel[0] == kernel[1] and stride[0] == stride[1] and padding == (0, 0) and dilation == (1, 1) \
-                and not ceil_mode:
-            pooling.max_pool2d_forward.run(threaded(n), x, kernel[0], stride[0], y, indices)
+        plain = plain_pool(kernel, stride, padding, dilation, ceil_mode)
+        if plain is not None:
+            pooling.max_pool2d_forward.run(threaded(n), x, *plain, y, indices)
         else:
             general.max_pool2d_forward.run(threaded(n), x, *kernel, *stride, *padding, *dilation, y, indices)
         return y, indices
@@ -230,24 +233,9 @@ class NumbaBackend(NumpyBackend):
 
     # ---- the training step ---------------------------------------------------------------
 
-    def compile_step(self, model, criterion, optimizer, batch_size, label_pool=None, capture=True):
-        """The fused step (conv -> ReLU -> max-pool and linear -> ReLU runs as one op each), built once per
-        input shape with its buffers allocated up front (see ``compiled``)."""
-        from scratchnet.backends.numba.compiled import CompiledStep  # it drives nn modules, which import backends
-
-        return CompiledStep(model, criterion, optimizer)
-
-    def compile_forward(self, model):
-        """The model's fused stages (as ``compile_step`` trains them) run one after another."""
-        from scratchnet.step import fused_forward  # it drives nn modules, which import the backends
-
-        return fused_forward(model)
-
-
-def is_mean_loss(weight, ignore_index, reduction, label_smoothing):
-    """Options of the tutorial's loss (unweighted mean, no smoothing, a negative ignore_index, which no
-    class index equals), which ``loss_sgd.mean_cross_entropy_forward`` / ``backward`` compute alone."""
-    return weight is None and ignore_index < 0 and reduction == "mean" and label_smoothing == 0
+    def accelerate_step(self, step, batch_size, label_pool, capture):
+        """The fused step with its buffers allocated up front, once per input shape (see ``compiled``)."""
+        return CompiledStep(step)
 
 
 # What the tutorial's loss keeps for its backward.
@@ -269,14 +257,6 @@ def _bias_or_zeros(bias, weight):
 def _bias_or_empty(bias, weight):
     """The general kernels take an empty array for no bias (or no bias gradient)."""
     return np.empty(0, dtype=weight.dtype) if bias is None else bias
-
-
-def _plain_padding(stride, padding, dilation, groups):
-    """The padding (an int) when the shifted-plane kernels take this convolution: stride 1, the
-    same padding on every side, no dilation, one group; else None."""
-    (top, bottom), (left, right) = padding
-    plain = stride == (1, 1) and top == bottom == left == right and dilation == (1, 1) and groups == 1
-    return top if plain else None
 
 
 def _general_conv_geometry(stride, padding, dilation, groups):

@@ -18,24 +18,22 @@ import math
 
 import numpy as np
 
-from scratchnet import nn
-from scratchnet.backends.base import conv_output_size
 from scratchnet.backends.numba import conv, dense, layout, loss_sgd, pooling
-from scratchnet.backends.numba.backend import is_mean_loss
 from scratchnet.backends.numba.jit import threaded
-from scratchnet.step import ConvReLUPoolStage, FusedStep, LayerStage, LinearReLUStage
+from scratchnet.geometry import conv_output_size
 
 # Input signatures whose blocks are kept: a full batch and an epoch's last, smaller one.
 _SIGNATURES_KEPT = 4
 
 
 class CompiledStep:
-    """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``."""
+    """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``, for the
+    ``FusedStep`` ``fused``; its stages name their fused op in ``op``."""
 
-    def __init__(self, model, criterion, optimizer):
-        self.fused = FusedStep(model, criterion, optimizer)
-        self.criterion, self.optimizer = criterion, optimizer
-        self._parameters = list(model.parameters())
+    def __init__(self, fused):
+        self.fused = fused
+        self.criterion, self.optimizer = fused.criterion, fused.optimizer
+        self._parameters = list(fused.model.parameters())
         self._plans = {}  # input signature -> its blocks
 
     def __call__(self, images, labels, check_label_values=True):
@@ -75,7 +73,7 @@ class CompiledStep:
     def _loss(self, logits, labels, check_label_values):
         """(loss, d loss / d logits): the tutorial's loss through its kernels, any other through the criterion."""
         criterion = self.criterion
-        if _is_tutorial_loss(criterion, logits, labels):
+        if _is_tutorial_loss(self.fused.loss_options, logits, labels):
             probs, grad = np.empty_like(logits), np.empty_like(logits)
             loss, every_label_a_class = loss_sgd.mean_cross_entropy_forward(logits, labels, probs)
             if every_label_a_class:  # the labels are checked: the kernel found each one a class index
@@ -96,23 +94,20 @@ def _signature(images, parameters):
     return images.shape, images.dtype
 
 
-def _is_tutorial_loss(criterion, logits, labels):
+def _is_tutorial_loss(loss_options, logits, labels):
     """A plain CrossEntropyLoss (mean, unweighted, no smoothing) of (N, C) logits and N int64 class indices:
     the case the numba backend gives its own two kernels."""
-    return (type(criterion) is nn.CrossEntropyLoss
-            and is_mean_loss(criterion.weight, criterion.ignore_index, criterion.reduction, criterion.label_smoothing)
+    return (loss_options is not None and loss_sgd.is_mean_loss(*loss_options)
             and logits.ndim == 2 and logits.shape[0] > 0 and type(labels) is np.ndarray
             and labels.dtype == np.int64 and labels.shape == logits.shape[:1] and labels.flags.c_contiguous)
 
 
 def _block(stage, shape, dtype, need_input_grad, parallel):
-    if isinstance(stage, ConvReLUPoolStage) and len(shape) == 4 and stage.geometry[0] == 1:
+    if stage.op == "conv2d_relu_max_pool2d" and len(shape) == 4 and stage.geometry[0] == 1:
         return _ConvReLUPoolBlock(stage, shape, dtype, need_input_grad, parallel)
-    if isinstance(stage, LinearReLUStage):
-        return _LinearBlock(stage.linear, shape, dtype, True, need_input_grad, parallel)
-    if isinstance(stage, LayerStage) and type(stage.layer) is nn.Linear:
-        return _LinearBlock(stage.layer, shape, dtype, False, need_input_grad, parallel)
-    if isinstance(stage, LayerStage) and type(stage.layer) is nn.Flatten and len(shape) > 1:
+    if stage.op in ("linear", "linear_relu"):
+        return _LinearBlock(stage.layer, shape, dtype, stage.op == "linear_relu", need_input_grad, parallel)
+    if stage.op == "flatten" and len(shape) > 1:
         return _FlattenBlock(shape, need_input_grad)
     return _StageBlock(stage, need_input_grad)
 

@@ -13,7 +13,7 @@ gradient.
 
 from numba import prange
 
-from scratchnet.backends.base import conv_output_size
+from scratchnet.geometry import conv_output_size
 from scratchnet.backends.numba.jit import Twin, add, copy, fill, kernel
 
 # ---- shifted planes: stride-1 convolution on groups of images at once ----------------------

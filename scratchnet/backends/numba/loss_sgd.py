@@ -4,6 +4,12 @@ import numpy as np
 from numba import njit
 
 
+def is_mean_loss(weight, ignore_index, reduction, label_smoothing):
+    """Options of the tutorial's loss (unweighted mean, no smoothing, a negative ignore_index, which no
+    class index equals), which ``mean_cross_entropy_forward`` / ``backward`` compute alone."""
+    return weight is None and ignore_index < 0 and reduction == "mean" and label_smoothing == 0
+
+
 @njit(cache=True, inline="always")
 def _row_log_sum_exp(logits, r):
     """(peak, log(sum(exp(logits[r] - peak)))) with ``peak`` the row's maximum: log-sum-exp without overflow.
