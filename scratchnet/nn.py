@@ -354,11 +354,12 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, seed=None):
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(f"Linear: sizes must be positive, got {in_features} -> {out_features}")
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Linear: sizes must not be negative, got {in_features} -> {out_features}")
         self.in_features, self.out_features = in_features, out_features
         rng = default_generator(seed)
-        bound = 1 / math.sqrt(in_features)
+        # torch: a layer without input features computes its bias alone, initialized to zero.
+        bound = 1 / math.sqrt(in_features) if in_features else 0.0
         self.weight = Parameter(_uniform((out_features, in_features), bound, rng))
         self.bias = Parameter(_uniform((out_features,), bound, rng)) if bias else None
 
@@ -373,7 +374,7 @@ class Linear(Module):
 
     def rows(self, x):
         """``x`` as the (N, in_features) rows the backends compute on (leading axes folded into N)."""
-        return x.reshape(-1, self.in_features)
+        return x.reshape(math.prod(x.shape[:-1]), self.in_features)  # not -1: in_features may be 0
 
     def output_shape(self, x):
         """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
@@ -385,7 +386,8 @@ class Linear(Module):
         """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, tuple(x.shape[:-1]) + (self.out_features,))
-        grad_x = self.backend.linear_backward(self.rows(x), self.weight.data, grad_out.reshape(-1, self.out_features),
+        grad_x = self.backend.linear_backward(self.rows(x), self.weight.data,
+                                              grad_out.reshape(math.prod(grad_out.shape[:-1]), self.out_features),
                                               *_param_grads(self), need_input_grad)
         return None if grad_x is None else grad_x.reshape(x.shape)
 

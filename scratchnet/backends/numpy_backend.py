@@ -117,10 +117,11 @@ class NumpyBackend(Backend):
     # ---- element-wise and dense ----------------------------------------------------
 
     def relu_forward(self, x):
-        return np.ascontiguousarray(np.maximum(x, 0))  # np.maximum propagates NaN, as torch
+        # np.maximum propagates NaN, as torch; np.asarray keeps a 0-d input 0-d (np.ascontiguousarray would not).
+        return np.asarray(np.maximum(x, 0), order="C")
 
     def relu_backward(self, grad_y, y):
-        return np.ascontiguousarray(np.where(y <= 0, 0, grad_y).astype(grad_y.dtype, copy=False))
+        return np.asarray(np.where(y <= 0, 0, grad_y).astype(grad_y.dtype, copy=False), order="C")
 
     def activation_forward(self, x, kind, alpha=0.0):
         x = np.asarray(x)
@@ -221,11 +222,13 @@ class NumpyBackend(Backend):
     def cross_entropy_backward(self, saved, grad_loss=None):
         probs, coefficients, denominator = saved
         weight_sums = coefficients.sum(axis=1, keepdims=True)
-        # A row without weight (ignored) has gradient 0 even when every row is ignored (0 / 0), as in torch.
         with np.errstate(divide="ignore", invalid="ignore"):
-            grad = np.where(weight_sums == 0, 0, (probs * weight_sums - coefficients) / denominator)
-        if grad_loss is not None:
-            grad *= np.reshape(grad_loss, (-1, 1))
+            grad = (probs * weight_sums - coefficients) / denominator
+            if grad_loss is not None:
+                grad *= np.reshape(grad_loss, (-1, 1))
+            # A row without weight (ignored) gets softmax * 0, as torch's log-softmax backward of a zero
+            # gradient: 0, even when every row is ignored (0 / 0), and NaN where its softmax is NaN.
+            grad = np.where(weight_sums == 0, probs * 0, grad)
         return grad.astype(probs.dtype, copy=False)
 
     # ---- optimizer -----------------------------------------------------------------
