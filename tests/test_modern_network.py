@@ -10,6 +10,7 @@ import scratchnet
 from harness import relative_error
 from scratchnet import nn, optim
 from scratchnet.data import CIFAR10, DataLoader
+from scratchnet.evaluate import evaluate
 from scratchnet.step import compile_step, eager_step
 
 STEPS, BATCH = 200, 8
@@ -95,3 +96,14 @@ def test_its_compiled_step_equals_the_eager_one_dropout_masks_included(backend):
 def _reference_weights():
     torch.manual_seed(4)
     return {name: value.numpy() for name, value in _theirs().state_dict().items()}
+
+
+def test_evaluation_runs_in_evaluation_mode_and_restores_each_modules_mode(backend, data_root):
+    model = _ours().to(backend.name)
+    model[9].eval()  # a mixed state, to be restored as it was
+    testset = CIFAR10(data_root, train=False, limit=32)
+    predictions, _ = evaluate(model, testset, 16, backend)
+    assert [module.training for module in model.modules()] == [index != 10 for index in range(13)]
+    model.eval()
+    images, _ = next(iter(DataLoader(testset, 32, backend=backend)))
+    np.testing.assert_array_equal(predictions, backend.to_numpy(model(images)).argmax(axis=1))
