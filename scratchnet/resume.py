@@ -2,7 +2,7 @@
 
 ``checkpoint.npz`` beside the weights holds plain arrays only (read with
 ``allow_pickle=False`` through ``checkpoint.load``, which checks every header before
-allocating): the parameters (``param/<name>``), the optimizer's per-parameter arrays
+allocating): the parameters and buffers (``param/<name>``), the optimizer's per-parameter arrays
 (``optimizer/<index>/<name>``, as its ``state_dict``; runs saved before that wrote SGD's
 momentum buffers as ``momentum/<index>``), the losses of the epoch in progress, and one JSON
 record (``record``: epoch, step, loss curve, per-epoch losses, the shuffle generator's state
@@ -99,7 +99,7 @@ def restore(path, record, arrays, net, optimizer, loader, scheduler=None):
     Returns the TrainingState to hand ``fit``. Every array must be a finite float of
     the shape the run's network has.
     """
-    names = [name for name, _ in net.named_parameters()]
+    names = list(net.state_dict())  # parameters and buffers (batch norm's running statistics and count)
     try:
         net.load_state_dict({name: _finite(path, f"param/{name}", arrays) for name in names})
         optimizer.load_state_dict(_optimizer_state(path, record, arrays, optimizer))
@@ -141,7 +141,8 @@ def _optimizer_state(path, record, arrays, optimizer):
 
 
 def _finite(path, name, arrays):
+    """``arrays[name]``, a finite float array (or an integer one: a buffer's count)."""
     value = arrays[name]
-    if value.dtype.kind != "f" or not np.isfinite(value).all():
+    if value.dtype.kind not in "fiu" or (value.dtype.kind == "f" and not np.isfinite(value).all()):
         raise ResumeError(f"cannot resume from {path}: {name} is not a finite float array")
     return value
