@@ -104,12 +104,44 @@ def measure(batch_size, repeats, seconds):
     return runs
 
 
+def profile(batch_size, steps=3):
+    """Seconds per step in each layer's forward and backward on numba (eager layer by layer, after a warm-up)."""
+    import time
+
+    images, labels = _batch(batch_size)
+    model = nn.Sequential(*_layers(nn)).to("numba")
+    criterion, optimizer = nn.CrossEntropyLoss().to("numba"), optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    layers = list(model._children.values())
+    totals = {}
+    for step in range(steps + 1):
+        optimizer.zero_grad()
+        x, started = images, time.perf_counter()
+        for index, layer in enumerate(layers):
+            x = layer(x)
+            now = time.perf_counter()
+            totals[f"{index} {type(layer).__name__} forward"] = totals.get(f"{index} {type(layer).__name__} forward", 0) + \
+                (now - started) * (step > 0)
+            started = now
+        criterion(x, labels)
+        grad = criterion.backward()
+        started = time.perf_counter()
+        for index, layer in reversed(list(enumerate(layers))):
+            grad = layer.backward(grad)
+            now = time.perf_counter()
+            key = f"{index} {type(layer).__name__} backward"
+            totals[key] = totals.get(key, 0) + (now - started) * (step > 0)
+            started = now
+        optimizer.step()
+    return {key: value / steps for key, value in totals.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per contender per repeat")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--profile", action="store_true", help="also time each layer of the numba step")
     args = parser.parse_args(argv)
     results = {"machine": machine(), "network": f"conv-BN-GELU-pool x {WIDTHS}, adaptive pool, dropout, linear",
                "batches": {}}
@@ -122,6 +154,12 @@ def main(argv=None):
                                                "numba_over_torch_eager": best_numba / best_torch}
         for name, value in medians.items():
             print(f"batch {batch_size} {name:<16} {value:10.1f} images/s")
+        if args.profile:
+            layers = profile(batch_size)
+            results["batches"][str(batch_size)]["numba_layer_seconds"] = layers
+            whole = sum(layers.values())
+            for key, value in sorted(layers.items(), key=lambda item: -item[1]):
+                print(f"  {key:<32} {value * 1e3:8.1f} ms  {100 * value / whole:5.1f} %")
         print(f"batch {batch_size}: numba / PyTorch eager = {best_numba / best_torch:.2f}x")
     if args.json:
         write_json(args.json, results)
