@@ -230,20 +230,22 @@ class NumbaBackend(NumpyBackend):
     def activation_forward(self, x, kind, alpha=0.0):
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        activations.activation_forward(x.reshape(-1), y.reshape(-1), ACTIVATIONS.index(kind), alpha)
+        activations.activation_forward.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), y.reshape(-1),
+                                           ACTIVATIONS.index(kind), alpha)
         return y
 
     def activation_backward(self, grad_y, x, y, kind, alpha=0.0):
         grad_y, x, y = (np.ascontiguousarray(a) for a in (grad_y, x, y))
         grad_x = np.empty_like(grad_y)
-        activations.activation_backward(grad_y.reshape(-1), x.reshape(-1), y.reshape(-1), grad_x.reshape(-1),
-                                        ACTIVATIONS.index(kind), alpha)
+        activations.activation_backward.run(threaded(x.shape[0] if x.ndim else 1), grad_y.reshape(-1), x.reshape(-1),
+                                            y.reshape(-1), grad_x.reshape(-1), ACTIVATIONS.index(kind), alpha)
         return grad_x
 
     def dropout_forward(self, x, keep, scale):
         x, keep = np.ascontiguousarray(x), np.ascontiguousarray(keep)
         y = np.empty_like(x)
-        activations.dropout_apply(x.reshape(-1), keep.reshape(-1), y.reshape(-1), x.dtype.type(scale))
+        activations.dropout_apply.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), keep.reshape(-1),
+                                      y.reshape(-1), x.dtype.type(scale))
         return y
 
     dropout_backward = dropout_forward
