@@ -6,6 +6,7 @@ weights are tested. Without ``--data`` the data folder the run recorded is used.
 Prints the tutorial's test report.
 """
 
+import contextlib
 import os
 import sys
 
@@ -31,17 +32,31 @@ def predict(net, loader):
     forward = compile_forward(net)
     predictions = xp.empty(len(loader.dataset), dtype=xp.int64)
     start = 0
-    for images, _ in loader:
-        predictions[start:start + len(images)] = xp.argmax(forward(images), axis=1)
-        start += len(images)
+    with evaluation_mode(net):
+        for images, _ in loader:
+            predictions[start:start + len(images)] = xp.argmax(forward(images), axis=1)
+            start += len(images)
     return loader.backend.to_numpy(predictions)
+
+
+@contextlib.contextmanager
+def evaluation_mode(net):
+    """``net.eval()`` for the block (batch norm's running statistics, no dropout), each module's mode restored after."""
+    modes = [(module, module.training) for module in net.modules()]
+    net.eval()
+    try:
+        yield net
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def class_probabilities(net, testset, batch_size, backend, dtype=None):
     """The softmax of ``net``'s logits for every image of ``testset``: a host float64 (N, classes) array."""
     loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)
     forward = compile_forward(net)
-    logits = np.concatenate([loader.backend.to_numpy(forward(images)) for images, _ in loader]).astype(np.float64)
+    with evaluation_mode(net):
+        logits = np.concatenate([loader.backend.to_numpy(forward(images)) for images, _ in loader]).astype(np.float64)
     exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 

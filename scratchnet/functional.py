@@ -11,6 +11,7 @@ import numpy as np
 
 from scratchnet import backends
 from scratchnet.geometry import check_class_indices, conv2d_output_hw, max_pool2d_output_hw, plain_conv, plain_pool
+from scratchnet.random import default_generator
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -288,3 +289,145 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     loss, _ = backends.for_array(input).cross_entropy_forward(logit_rows, target_rows, weight, args.ignore_index,
                                                               reduction, label_smoothing)
     return args.unrows(loss, input.shape) if reduction == "none" else loss
+
+
+# ---- the next chapter: activations, dropout, average and adaptive pooling, batch norm ---------------
+
+
+def activation(input, kind, alpha=0.0):
+    """``Backend.activation_forward`` of a floating-point array of any shape (the activations below)."""
+    check_float_input(input, range(0, 33), "floating-point", kind)
+    return backends.for_array(input).activation_forward(input, kind, alpha)
+
+
+def check_gelu_approximation(approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate argument must be either none or tanh, got {approximate!r}")
+    return "gelu" if approximate == "none" else "gelu_tanh"
+
+
+def gelu(input, approximate="none"):
+    """torch.nn.functional.gelu: ``x * Phi(x)`` with the normal CDF exact (erf) or by its tanh approximation."""
+    return activation(input, check_gelu_approximation(approximate))
+
+
+def silu(input, inplace=False):
+    return activation(input, "silu")
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    return activation(input, "leaky_relu", negative_slope)
+
+
+def tanh(input):
+    return activation(input, "tanh")
+
+
+def sigmoid(input):
+    return activation(input, "sigmoid")
+
+
+def check_dropout_probability(p):
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return float(p)
+
+
+def dropout_mask(shape, p, generator):
+    """(keep, scale): which elements survive (drawn on the host from ``generator``, so runs repeat on any
+    backend and thread count) and what they are scaled by; p = 1 keeps none and scales by 0, as torch."""
+    if p == 1:
+        return np.zeros(shape, dtype=bool), 0.0
+    return generator.random(shape) < 1 - p, 1 / (1 - p)
+
+
+def dropout(input, p=0.5, training=True, inplace=False, generator=None):
+    """torch.nn.functional.dropout, with the mask from ``generator`` (scratchnet's global one by default)."""
+    p = check_dropout_probability(p)
+    if not training or p == 0:
+        return input
+    backend = backends.for_array(input)
+    keep, scale = dropout_mask(input.shape, p, default_generator(generator))
+    return backend.dropout_forward(input, backend.asarray(keep), scale)
+
+
+class AvgPool2dArguments:
+    """Parsed avg_pool2d arguments, pairs; ``stride`` defaults to the kernel, as in torch."""
+
+    def __init__(self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, caller):
+        self.kernel = positive_pair(kernel_size, "kernel_size", caller)
+        self.stride = self.kernel if stride is None or stride == [] else positive_pair(stride, "stride", caller)
+        self.padding = pair(padding, "padding", caller)
+        if min(self.padding) < 0 or any(p > k // 2 for p, k in zip(self.padding, self.kernel)):
+            raise ValueError(f"{caller}: pad should be at most half of effective kernel size, got "
+                             f"padding={padding!r}, kernel_size={kernel_size!r}")
+        if divisor_override is not None and (isinstance(divisor_override, bool) or int(divisor_override) != divisor_override
+                                             or divisor_override == 0):
+            raise ValueError(f"{caller}: divisor must be a non-zero int, got divisor_override={divisor_override!r}")
+        self.ceil_mode, self.count_include_pad = bool(ceil_mode), bool(count_include_pad)
+        self.divisor_override = None if divisor_override is None else int(divisor_override)
+        self.caller = caller
+
+    def output_shape(self, input_shape):
+        out_h, out_w = max_pool2d_output_hw(input_shape[-2:], self.kernel, self.stride, self.padding, (1, 1),
+                                            self.ceil_mode)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"{self.caller}: input of shape {tuple(input_shape)} is smaller than the kernel "
+                             f"(output size {out_h}x{out_w})")
+        return tuple(input_shape[:-2]) + (out_h, out_w)
+
+    def check_input(self, x):
+        check_float_input(x, (3, 4), "(C, H, W) or (N, C, H, W)", self.caller)
+        self.output_shape(x.shape)
+
+    def options(self):
+        return self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad, self.divisor_override
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """torch.nn.functional.avg_pool2d."""
+    args = AvgPool2dArguments(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                              "avg_pool2d")
+    args.check_input(input)
+    x, unbatched = batched(input, 3)
+    y = backends.for_array(input).avg_pool2d_forward(x, *args.options())
+    return y[0] if unbatched else y
+
+
+def adaptive_output_hw(output_size, input_hw, caller):
+    """The output size of an adaptive pool: an int or a pair, None keeping that axis's input size."""
+    sizes = (output_size, output_size) if output_size is None or isinstance(output_size, (int, np.integer)) \
+        else tuple(output_size)
+    if len(sizes) != 2 or not all(size is None or (isinstance(size, (int, np.integer)) and size > 0) for size in sizes):
+        raise ValueError(f"{caller}: output_size must be a positive int or a pair of them (or None), got "
+                         f"{output_size!r}")
+    return tuple(int(input_size if size is None else size) for size, input_size in zip(sizes, input_hw))
+
+
+def adaptive_pool2d(input, output_size, mode, caller):
+    check_float_input(input, (3, 4), "(C, H, W) or (N, C, H, W)", caller)
+    x, unbatched = batched(input, 3)
+    y, indices = backends.for_array(input).adaptive_pool2d_forward(
+        x, adaptive_output_hw(output_size, x.shape[2:], caller), mode)
+    return (y[0], None if indices is None else indices[0]) if unbatched else (y, indices)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    return adaptive_pool2d(input, output_size, "avg", "adaptive_avg_pool2d")[0]
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    y, indices = adaptive_pool2d(input, output_size, "max", "adaptive_max_pool2d")
+    return (y, indices) if return_indices else y
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """torch.nn.functional.batch_norm of (N, C, *) input; in training the running statistics (if given)
+    move by ``momentum``."""
+    check_float_input(input, range(2, 33), "(N, C, *)", "batch_norm")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must be defined in evaluation mode")
+    y, _ = backends.for_array(input).batch_norm_forward(input, weight, bias, running_mean, running_var, training,
+                                                        momentum, eps)
+    return y

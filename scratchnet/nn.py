@@ -354,11 +354,12 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, seed=None):
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(f"Linear: sizes must be positive, got {in_features} -> {out_features}")
+        if in_features < 0 or out_features < 0:
+            raise ValueError(f"Linear: sizes must not be negative, got {in_features} -> {out_features}")
         self.in_features, self.out_features = in_features, out_features
         rng = default_generator(seed)
-        bound = 1 / math.sqrt(in_features)
+        # torch: a layer without input features computes its bias alone, initialized to zero.
+        bound = 1 / math.sqrt(in_features) if in_features else 0.0
         self.weight = Parameter(_uniform((out_features, in_features), bound, rng))
         self.bias = Parameter(_uniform((out_features,), bound, rng)) if bias else None
 
@@ -373,7 +374,7 @@ class Linear(Module):
 
     def rows(self, x):
         """``x`` as the (N, in_features) rows the backends compute on (leading axes folded into N)."""
-        return x.reshape(-1, self.in_features)
+        return x.reshape(math.prod(x.shape[:-1]), self.in_features)  # not -1: in_features may be 0
 
     def output_shape(self, x):
         """Check ``x`` as this layer's input (a ValueError names the layer); return the output's shape."""
@@ -385,7 +386,8 @@ class Linear(Module):
         """The input gradient (None with ``need_input_grad=False``); parameter gradients added to ``.grad``."""
         x = self._saved("_x")
         grad_out = self._grad_out(grad_out, tuple(x.shape[:-1]) + (self.out_features,))
-        grad_x = self.backend.linear_backward(self.rows(x), self.weight.data, grad_out.reshape(-1, self.out_features),
+        grad_x = self.backend.linear_backward(self.rows(x), self.weight.data,
+                                              grad_out.reshape(math.prod(grad_out.shape[:-1]), self.out_features),
                                               *_param_grads(self), need_input_grad)
         return None if grad_x is None else grad_x.reshape(x.shape)
 
@@ -589,3 +591,259 @@ class CrossEntropyLoss(Module):
         grad = self.backend.cross_entropy_backward(saved, grad_out)
         return self._args.unrows(grad, logits_shape)
 
+
+
+# ---- the next chapter: activations, dropout, average and adaptive pooling, batch norm ---------------
+
+
+class _Activation(Module):
+    """An element-wise activation (``Backend.activation_forward``) on any shape and memory layout."""
+
+    kind, alpha = None, 0.0
+
+    def forward(self, x):
+        self.backend.check_array(x, self)
+        self._x = x
+        self._y = self.backend.activation_forward(x, self.kind, self.alpha)
+        return self._y
+
+    def backward(self, grad_out, need_input_grad=True):
+        y = self._saved("_y")
+        return self.backend.activation_backward(self._grad_out(grad_out, y.shape), self._x, y, self.kind, self.alpha)
+
+
+class GELU(_Activation):
+    """``x * Phi(x)``: exact (``approximate='none'``, erf) or by torch's tanh approximation."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        self.kind, self.approximate = functional.check_gelu_approximation(approximate), approximate
+
+    def extra_repr(self):
+        return f"approximate='{self.approximate}'"
+
+
+class SiLU(_Activation):
+    """``x * sigmoid(x)``."""
+
+    kind = "silu"
+
+    def __init__(self, inplace=False):
+        super().__init__()
+
+
+class LeakyReLU(_Activation):
+    """``x`` where positive, else ``negative_slope * x``."""
+
+    kind = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.alpha = self.negative_slope = negative_slope
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(_Activation):
+    kind = "tanh"
+
+
+class Sigmoid(_Activation):
+    kind = "sigmoid"
+
+
+class Identity(Module):
+    """Its input, unchanged (any arguments are accepted and ignored, as torch's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out, need_input_grad=True):
+        return grad_out
+
+
+class Dropout(Module):
+    """In training, each element zeroed with probability ``p`` and the rest scaled by 1 / (1 - p) (p = 1
+    zeroes all, as torch); in evaluation the identity. The masks come from scratchnet's global generator
+    (``scratchnet.manual_seed``), on the host, so runs repeat on any backend and thread count; such a step
+    is never replayed from a CUDA graph (its masks would be the captured ones)."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        self.p = functional.check_dropout_probability(p)
+
+    @property
+    def replayable(self):
+        return not self.training or self.p == 0
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace=False"
+
+    def forward(self, x):
+        self.backend.check_array(x, self)
+        self._shape = tuple(x.shape)
+        if not self.training or self.p == 0:
+            self._keep = None
+            return x
+        keep, self._scale = functional.dropout_mask(x.shape, self.p, default_generator())
+        self._keep = self.backend.asarray(keep)
+        return self.backend.dropout_forward(x, self._keep, self._scale)
+
+    def backward(self, grad_out, need_input_grad=True):
+        grad_out = self._grad_out(grad_out, self._saved("_shape"))
+        return grad_out if self._keep is None else self.backend.dropout_backward(grad_out, self._keep, self._scale)
+
+
+class AvgPool2d(Module):
+    """Average pooling with torch's arguments: pairs or ints, zero padding, ``ceil_mode``,
+    ``count_include_pad``, ``divisor_override``."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__()
+        self._args = functional.AvgPool2dArguments(kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                                   divisor_override, "AvgPool2d")
+        self._args.caller = self
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        self.padding, self.ceil_mode, self.count_include_pad = padding, bool(ceil_mode), bool(count_include_pad)
+        self.divisor_override = divisor_override
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def output_shape(self, input_shape):
+        return self._args.output_shape(input_shape)
+
+    def forward(self, x):
+        self._check_input(x)
+        self._args.check_input(x)
+        self._x_shape = tuple(x.shape)
+        x, unbatched = functional.batched(x, 3)
+        y = self.backend.avg_pool2d_forward(x, *self._args.options())
+        return y[0] if unbatched else y
+
+    def backward(self, grad_out, need_input_grad=True):
+        x_shape = self._saved("_x_shape")
+        grad_out, unbatched = functional.batched(self._grad_out(grad_out, self.output_shape(x_shape)), 3)
+        grad_x = self.backend.avg_pool2d_backward(grad_out, (1,) * unbatched + x_shape, *self._args.options())
+        return grad_x[0] if unbatched else grad_x
+
+
+class _AdaptivePool2d(Module):
+    mode = None
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+        functional.adaptive_output_hw(output_size, (1, 1), self)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def forward(self, x):
+        self._check_input(x)
+        functional.check_float_input(x, (3, 4), "(C, H, W) or (N, C, H, W)", self)
+        self._x_shape = tuple(x.shape)
+        x, unbatched = functional.batched(x, 3)
+        y, self._indices = self.backend.adaptive_pool2d_forward(
+            x, functional.adaptive_output_hw(self.output_size, x.shape[2:], self), self.mode)
+        self._y_shape = tuple(y.shape[unbatched:])
+        return (y[0], self._indices if self._indices is None else self._indices[0]) if unbatched else (y, self._indices)
+
+    def backward(self, grad_out, need_input_grad=True):
+        x_shape = self._saved("_x_shape")
+        grad_out, unbatched = functional.batched(self._grad_out(grad_out, self._y_shape), 3)
+        grad_x = self.backend.adaptive_pool2d_backward(grad_out, (1,) * unbatched + x_shape, self.mode, self._indices)
+        return grad_x[0] if unbatched else grad_x
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Average pooling to a fixed ``output_size`` (an int, a pair, None keeping the input's size)."""
+
+    mode = "avg"
+
+    def forward(self, x):
+        return super().forward(x)[0]
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max pooling to a fixed ``output_size``; ``return_indices`` returns torch's flat per-plane argmax too."""
+
+    mode = "max"
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__(output_size)
+        self.return_indices = bool(return_indices)
+
+    def forward(self, x):
+        y, indices = super().forward(x)
+        return (y, indices) if self.return_indices else y
+
+
+class _BatchNorm(Module):
+    """Batch norm over every axis but the channels (axis 1), as torch's ``_BatchNorm``: batch statistics in
+    training (the biased variance normalizes, the unbiased one moves the running variance), the running
+    ones in evaluation; ``momentum=None`` is a cumulative average; ``affine`` adds ``weight`` and ``bias``;
+    ``track_running_stats=False`` keeps no running statistics and always uses the batch's."""
+
+    ranks, form = (), ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+        for name, value in (("running_mean", np.zeros(num_features, dtype=np.float32)),
+                            ("running_var", np.ones(num_features, dtype=np.float32)),
+                            ("num_batches_tracked", np.array(0, dtype=np.int64))):
+            self.register_buffer(name, value if track_running_stats else None)
+
+    @property
+    def replayable(self):  # a cumulative average reads the batch count on the host
+        return self.momentum is not None or not self.training
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def forward(self, x):
+        self._check_input(x)
+        functional.check_float_input(x, self.ranks, self.form, self)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r} expects {self.num_features} channels, got input of shape {tuple(x.shape)}")
+        use_batch_stats = self.training or not self.track_running_stats
+        if self.training and x.size // x.shape[1] == 1:
+            raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got input of shape "
+                             f"{tuple(x.shape)}")
+        factor, update = 0.0, self.training and self.track_running_stats
+        if update:
+            self.num_batches_tracked += 1
+            factor = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        weight = self.weight.data if self.affine else None
+        bias = self.bias.data if self.affine else None
+        self._x_shape = tuple(x.shape)
+        y, self._saved_norm = self.backend.batch_norm_forward(
+            x, weight, bias, self.running_mean if update or not use_batch_stats else None,
+            self.running_var if update or not use_batch_stats else None, use_batch_stats, factor, self.eps)
+        return y
+
+    def backward(self, grad_out, need_input_grad=True):
+        saved = self._saved("_saved_norm")
+        grad_out = self._grad_out(grad_out, self._x_shape)
+        weight, (grad_weight, grad_bias) = (self.weight.data, (self.weight.grad, self.bias.grad)) if self.affine \
+            else (None, (None, None))
+        return self.backend.batch_norm_backward(grad_out, saved, weight, grad_weight, grad_bias, need_input_grad)
+
+
+class BatchNorm2d(_BatchNorm):
+    ranks, form = (4,), "(N, C, H, W)"
+
+
+class BatchNorm1d(_BatchNorm):
+    ranks, form = (2, 3), "(N, C) or (N, C, L)"

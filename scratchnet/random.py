@@ -19,3 +19,12 @@ def default_generator(seed=None):
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
+
+
+def get_state():
+    """The global generator's state (a plain dict): what a checkpoint keeps so dropout masks continue after a resume."""
+    return _global.bit_generator.state
+
+
+def set_state(state):
+    _global.bit_generator.state = state

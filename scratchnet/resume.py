@@ -2,12 +2,12 @@
 
 ``checkpoint.npz`` beside the weights holds plain arrays only (read with
 ``allow_pickle=False`` through ``checkpoint.load``, which checks every header before
-allocating): the parameters (``param/<name>``), the optimizer's per-parameter arrays
+allocating): the parameters and buffers (``param/<name>``), the optimizer's per-parameter arrays
 (``optimizer/<index>/<name>``, as its ``state_dict``; runs saved before that wrote SGD's
 momentum buffers as ``momentum/<index>``), the losses of the epoch in progress, and one JSON
 record (``record``: epoch, step, loss curve, per-epoch losses, the shuffle generator's state
-at the start of the epoch, the optimizer's parameter groups and scalar state, and the run's
-flags, seed and versions). Restoring all of
+at the start of the epoch, the optimizer's parameter groups and scalar state, the schedule's state,
+the global generator's state (dropout's masks), and the run's flags, seed and versions). Restoring all of
 it makes the rest of the run bit-identical to one that was never interrupted.
 """
 
@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from scratchnet import checkpoint
+from scratchnet import checkpoint, random
 
 STATE_FILE = "checkpoint.npz"
 FORMAT = 1
@@ -59,7 +59,8 @@ def save(path, net, optimizer, state, run, scheduler=None):
     record = {"format": FORMAT, "epoch": state.epoch, "step": state.step, "loss_curve": state.loss_curve,
               "epoch_losses": state.epoch_losses, "order_state": state.order_state, "run": run,
               "optimizer": {"param_groups": optimizer_state["param_groups"], "scalars": scalars},
-              "scheduler": None if scheduler is None else scheduler.state_dict()}
+              "scheduler": None if scheduler is None else scheduler.state_dict(),
+              "random": random.get_state()}
     text = json.dumps(record, allow_nan=False)  # what reaches a checkpoint is finite: fit stops at a NaN first
     arrays[_RECORD] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     checkpoint.save_npz(path, arrays)
@@ -99,7 +100,7 @@ def restore(path, record, arrays, net, optimizer, loader, scheduler=None):
     Returns the TrainingState to hand ``fit``. Every array must be a finite float of
     the shape the run's network has.
     """
-    names = [name for name, _ in net.named_parameters()]
+    names = list(net.state_dict())  # parameters and buffers (batch norm's running statistics and count)
     try:
         net.load_state_dict({name: _finite(path, f"param/{name}", arrays) for name in names})
         optimizer.load_state_dict(_optimizer_state(path, record, arrays, optimizer))
@@ -108,6 +109,8 @@ def restore(path, record, arrays, net, optimizer, loader, scheduler=None):
                              else "the run was saved without a learning-rate schedule")
         if scheduler is not None:
             scheduler.load_state_dict(record["scheduler"])
+        if "random" in record:  # dropout's masks go on from where they were (runs saved before had none)
+            random.set_state(record["random"])
         losses = _finite(path, "epoch_step_losses", arrays)
         if losses.shape != (record["step"],):
             raise ValueError(f"{losses.size} losses saved for step {record['step']}")
@@ -141,7 +144,8 @@ def _optimizer_state(path, record, arrays, optimizer):
 
 
 def _finite(path, name, arrays):
+    """``arrays[name]``, a finite float array (or an integer one: a buffer's count)."""
     value = arrays[name]
-    if value.dtype.kind != "f" or not np.isfinite(value).all():
+    if value.dtype.kind not in "fiu" or (value.dtype.kind == "f" and not np.isfinite(value).all()):
         raise ResumeError(f"cannot resume from {path}: {name} is not a finite float array")
     return value

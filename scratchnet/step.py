@@ -161,9 +161,12 @@ class CapturedStep:
         self._warmed_up = False
         # An update whose scalars change every step (Adam's bias corrections) would replay the recorded ones.
         self._capturable = getattr(getattr(step, "optimizer", None), "replayable", True)
+        self._model = getattr(step, "model", None)
         self._graph = None
 
     def __call__(self, images, labels):
+        if not self._model_replayable():
+            return self._step(images, labels)
         if self._graph is None:
             if (not self._capturable or not self._on_device(images, labels) or images.ndim == 0
                     or images.shape[0] != self._batch_size):
@@ -178,6 +181,10 @@ class CapturedStep:
         elif not self._fits_capture(images, labels):
             return self._step(images, labels)
         return self._replay(images, labels)
+
+    def _model_replayable(self):
+        """Whether no layer draws on the host what each step must change (dropout's masks in training)."""
+        return self._model is None or all(getattr(module, "replayable", True) for module in self._model.modules())
 
     def _on_device(self, images, labels):
         return self._backend.owns(images) and self._backend.owns(labels)

@@ -56,6 +56,9 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
     Data-parallel runs pass ``average_losses`` (``scratchnet.distributed.loss_averager``):
     the host losses are averaged over the workers before they are checked and reported.
 
+    The network trains in training mode (``net.train()``: batch statistics, dropout); ``scratchnet.evaluate``
+    switches to evaluation mode for its passes and back.
+
     ``scheduler`` (``scratchnet.optim.lr_scheduler``) steps after every optimizer step
     (``scheduler_interval="step"``) or after every epoch (``"epoch"``); a CUDA graph would replay the
     first rate, so with a scheduler every step runs eagerly. Its state is part of ``resume``'s checkpoint.
@@ -64,6 +67,7 @@ def fit(net, criterion, optimizer, loader, epochs, log_every, on_log=None, progr
         raise ValueError(f"fit: scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
     average = average_losses or np.asarray
     xp = loader.backend.xp
+    net.train()
     state = state if state is not None else resume.TrainingState()
     take_step = compile_step(net, criterion, optimizer, loader.batch_size, label_pool=loader.targets,
                              capture=capture and scheduler is None)

@@ -72,3 +72,14 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("largest relative errors against torch")
     for key in sorted(_MAX_ERRORS):
         terminalreporter.write_line(f"{' / '.join(key):<48} {_MAX_ERRORS[key]:.3e}")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch's thread pool crawls on a few shared cores; one thread is also what makes runs repeatable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,8 +1,9 @@
 """One rank of a data-parallel fit on real CIFAR-10, started under mpiexec by ``test_distributed.py``.
 
-``python tests/distributed_worker.py OUT.npz --data DIR --images N --batch-size B --dtype D --backend NAME``
-trains one epoch; rank 0 writes every step's loss (averaged over the ranks), the final
-parameters and whether every rank ended with bit-identical parameters.
+``python tests/distributed_worker.py OUT.npz --data DIR --images N --batch-size B --dtype D --backend NAME
+[--batch-norm]`` trains one epoch (the tutorial Net, or a small batch-norm network); rank 0 writes every
+step's loss (averaged over the ranks), the final parameters and whether every rank ended with
+bit-identical parameters.
 """
 
 import argparse
@@ -10,6 +11,7 @@ import hashlib
 
 import numpy as np
 
+import scratchnet
 from scratchnet import distributed, nn, train
 from scratchnet.data import CIFAR10, DataLoader
 from scratchnet.models import Net
@@ -18,14 +20,22 @@ from scratchnet.optim import SGD
 SEED = 11
 
 
-def fit_one_epoch(root, images, batch_size, dtype, backend, comm=None):
+def batch_norm_net(seed):
+    """conv (no bias) -> batch norm -> ReLU -> max-pool -> linear: each rank normalizes by its own batch."""
+    scratchnet.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 6, 5, bias=False), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(6 * 14 * 14, 10))
+
+
+def fit_one_epoch(root, images, batch_size, dtype, backend, comm=None, batch_norm=False):
     """The tutorial's training (lr 0.001, momentum 0.9) for one epoch; return (step losses, state_dict).
 
     Without ``comm``, one worker on the plain single-process path. With it, every rank
     starts from different weights, so the result depends on rank 0's being broadcast.
     """
     trainset = CIFAR10(root, train=True, limit=images)
-    net = Net(seed=SEED + (comm.rank if comm else 0)).to(backend).to(dtype)
+    seed = SEED + (comm.rank if comm else 0)
+    net = (batch_norm_net(seed) if batch_norm else Net(seed=seed)).to(backend).to(dtype)
     optimizer = SGD(net.parameters(), lr=0.001, momentum=0.9)
     rank, workers, average = 0, 1, None
     if comm is not None:
@@ -47,12 +57,15 @@ def main():
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--dtype", default="float64")
     parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--batch-norm", action="store_true")
     args = parser.parse_args()
     comm = distributed.init(args.backend)
     with distributed.reporting_faults(comm, "distributed_worker"):
         losses, state = fit_one_epoch(args.data, args.images, args.batch_size, np.dtype(args.dtype), args.backend,
-                                      comm)
-        digest = hashlib.sha256(b"".join(state[name].tobytes() for name in sorted(state))).hexdigest()
+                                      comm, args.batch_norm)
+        # Parameters only: batch norm's running statistics are each rank's own, as with torch's DDP without SyncBatchNorm.
+        parameters = sorted(name for name in state if not name.endswith(("running_mean", "running_var", "tracked")))
+        digest = hashlib.sha256(b"".join(state[name].tobytes() for name in parameters)).hexdigest()
         digests = comm.allgather_json(digest)
         if comm.rank == 0:
             np.savez(args.out, losses=losses, identical_on_every_rank=len(set(digests)) == 1,

@@ -153,3 +153,28 @@ def test_cross_entropy_refuses_weight_of_wrong_length_and_ignore_index_with_prob
         nn.CrossEntropyLoss(weight=np.ones(4))(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"CrossEntropyLoss.*ignore_index"):
         nn.CrossEntropyLoss(ignore_index=0)(np.zeros((2, 3)), np.full((2, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(4, 5), (2, 5, 3)], ids=["rows", "spatial"])
+def test_a_nan_or_inf_logit_at_an_ignored_position_gives_torchs_gradients(backend, reduction, shape):
+    """torch's gradient at an ignored position is its softmax times 0: NaN there if a logit is NaN or inf."""
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal(shape)
+    target = rng.integers(0, 2, size=(shape[0],) + shape[2:])
+    target.reshape(-1)[:2] = 4  # two ignored positions: one with a NaN logit, one with an infinite one
+    ignored = np.flatnonzero(target.reshape(-1) == 4)  # positions in (N, *spatial) order, as the rows below
+    flat = np.moveaxis(logits, 1, -1).copy()  # the class axis last: one row per position
+    flat.reshape(-1, shape[1])[ignored[0], 1] = np.nan
+    flat.reshape(-1, shape[1])[ignored[1], 3] = np.inf
+    logits = np.ascontiguousarray(np.moveaxis(flat, -1, 1))
+    logits_t = torch.tensor(logits, requires_grad=True)
+    upstream = np.ones(target.shape)
+    loss_t = F.cross_entropy(logits_t, torch.tensor(target), ignore_index=4, reduction=reduction)
+    loss_t.backward(torch.tensor(upstream) if reduction == "none" else None)
+    criterion = nn.CrossEntropyLoss(ignore_index=4, reduction=reduction).to(backend.name)
+    loss = criterion(backend.asarray(logits), backend.asarray(target))
+    grad = backend.to_numpy(criterion.backward(backend.asarray(upstream) if reduction == "none" else None))
+    assert np.isnan(grad).any() and np.array_equal(np.isnan(grad), np.isnan(logits_t.grad.numpy()))
+    assert relative_error(grad, logits_t.grad.numpy()) <= 1e-12
+    assert relative_error(backend.to_numpy(loss) if reduction == "none" else loss, loss_t.detach().numpy()) <= 1e-12

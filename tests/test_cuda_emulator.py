@@ -147,7 +147,8 @@ def test_launch_limits_are_cudas():
 
 def test_the_kernels_with_barriers_are_found_through_the_functions_they_call():
     found = compiler.kernels_with_barriers(sources.module_source())
-    assert found == {"block_sum", "conv2d_grad_params_direct", "reduce_sum", "cross_entropy_reduce"}
+    assert found == {"block_sum", "conv2d_grad_params_direct", "reduce_sum", "cross_entropy_reduce",
+                     "batch_norm_stats", "batch_norm_backward_reduce"}
 
 
 def _run(code, env=None):

@@ -16,11 +16,12 @@ import uuid
 import numpy as np
 import pytest
 
-from distributed_worker import fit_one_epoch
+from distributed_worker import SEED, batch_norm_net, fit_one_epoch
 from harness import relative_error
-from scratchnet import backends, checkpoint, distributed, files, plots
-from scratchnet.data import DataLoader
+from scratchnet import backends, checkpoint, distributed, files, nn, plots
+from scratchnet.data import CIFAR10, DataLoader
 from scratchnet.models import Net
+from scratchnet.optim import SGD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
@@ -129,6 +130,40 @@ def test_n_workers_at_batch_b_equal_one_worker_at_batch_n_times_b(
     assert loss_error <= loss_tolerance
     if param_tolerance is not None:
         assert param_error <= param_tolerance
+
+
+def test_batch_norm_uses_each_ranks_own_batch_statistics(data_root, tmp_path):
+    """As torch's DistributedDataParallel without SyncBatchNorm: 2 workers at batch b step as one worker
+    averaging the gradients of the two halves of each 2b batch, each half normalized by its own statistics
+    (and not as one worker at 2b, whose batch norm sees the whole batch)."""
+    out, batch, steps = tmp_path / "rank0.npz", 4, 50
+    job = mpiexec((2, [os.path.join(TESTS, "distributed_worker.py"), out, "--data", data_root, "--images",
+                       2 * batch * steps, "--batch-size", batch, "--dtype", "float64", "--batch-norm"]))
+    assert job.returncode == 0, job.stderr
+    ranks = np.load(out)
+    assert bool(ranks["identical_on_every_rank"])
+    net = batch_norm_net(SEED).double()
+    optimizer = SGD(net.parameters(), lr=0.001, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    loader = DataLoader(CIFAR10(data_root, limit=2 * batch * steps), 2 * batch, shuffle=True, seed=SEED,
+                        dtype=np.float64)
+    losses = []
+    for images, labels in loader:
+        optimizer.zero_grad()
+        halves = []
+        for half in (slice(0, batch), slice(batch, 2 * batch)):
+            halves.append(criterion(net(images[half]), labels[half]))
+            net.backward(criterion.backward())
+        for param in net.parameters():
+            param.grad *= 0.5  # the allreduce's mean over the two ranks
+        optimizer.step()
+        losses.append(sum(halves) / 2)
+    assert relative_error(ranks["losses"], np.array(losses)) <= 1e-12
+    params = {name: value for name, value in net.state_dict().items() if name in dict(net.named_parameters())}
+    assert worst_state_error({name: ranks[name] for name in params}, params) <= 1e-12
+    whole_batch, _ = fit_one_epoch(data_root, 2 * batch * steps, 2 * batch, np.dtype(np.float64), "numpy",
+                                   batch_norm=True)
+    assert relative_error(ranks["losses"], whole_batch) > 1e-6  # the global batch's statistics differ
 
 
 def test_cupy_over_nccl_with_one_rank_equals_the_single_process_run(data_root, tmp_path):

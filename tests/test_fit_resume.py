@@ -2,8 +2,16 @@
 augmentation. A run interrupted at a checkpoint and resumed through ``resume`` ends bit-identical to an
 uninterrupted one, on every backend; on the GPU backend an Adam step is never replayed from a CUDA graph."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
+
+from test_cli import REPO
 
 from scratchnet import nn, optim, resume
 from scratchnet.data import DataLoader
@@ -98,3 +106,24 @@ def test_an_adam_step_is_never_replayed_from_a_cuda_graph(backend):
     assert results[0][0] == results[1][0]
     for name, value in results[0][1].items():
         np.testing.assert_array_equal(results[1][1][name], value, err_msg=name)
+
+
+def test_a_modern_run_killed_at_any_moment_resumes_bit_identical(data_root, tmp_path):
+    worker = [sys.executable, os.path.join(os.path.dirname(__file__), "fit_worker.py")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    assert subprocess.run([*worker, str(whole), data_root], env=env, capture_output=True).returncode == 0
+    process = subprocess.Popen([*worker, str(killed), data_root], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    while not (killed / resume.STATE_FILE).exists() and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a few checkpoints later, at whatever the run is doing then
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    resumed = subprocess.run([*worker, str(killed), data_root], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    np.testing.assert_array_equal(np.load(killed / "curve.npy"), np.load(whole / "curve.npy"))
+    with np.load(whole / "weights.npz") as want, np.load(killed / "weights.npz") as got:
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

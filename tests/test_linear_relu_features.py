@@ -89,3 +89,21 @@ def test_relu_of_a_channels_last_view_is_right(backend):
     x = backend.xp.asarray(channels_last).transpose(0, 3, 1, 2)
     got = backend.to_numpy(nn.ReLU().to(backend.name)(x))
     np.testing.assert_array_equal(got, np.maximum(channels_last.transpose(0, 3, 1, 2), 0))
+
+
+def test_relu_of_a_0d_array_is_0d_and_a_linear_without_input_features_is_its_bias(backend):
+    """Two gaps torch's own samples found: both now as torch."""
+    relu = nn.ReLU().to(backend.name)
+    y = relu(backend.asarray(np.array(-2.0)))
+    assert y.shape == () and relu.backward(backend.asarray(np.array(1.0))).shape == ()
+    torch.manual_seed(0)
+    theirs = torch.nn.Linear(0, 3)
+    ours = nn.Linear(0, 3).to(backend.name)
+    np.testing.assert_array_equal(backend.to_numpy(ours.bias.data), theirs.bias.detach().numpy())  # zeros
+    x = torch.zeros(2, 0, requires_grad=True)
+    theirs(x).backward(torch.ones(2, 3))
+    y = ours(backend.asarray(np.zeros((2, 0), dtype=np.float32)))
+    grad_x = ours.backward(backend.asarray(np.ones((2, 3), dtype=np.float32)))
+    np.testing.assert_array_equal(backend.to_numpy(y), theirs(x).detach().numpy())
+    assert grad_x.shape == (2, 0) and backend.to_numpy(ours.weight.grad).shape == (3, 0)
+    np.testing.assert_array_equal(backend.to_numpy(ours.bias.grad), theirs.bias.grad.numpy())

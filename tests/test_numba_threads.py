@@ -27,6 +27,10 @@ def _modules():
         "conv padding 2": nn.Conv2d(3, 4, 5, padding=2, seed=2),
         "max-pool 3 stride 2": nn.MaxPool2d(3, 2),
         "linear": nn.Linear(3 * 32 * 32, 7, seed=3),
+        "gelu": nn.GELU(),
+        "gelu tanh": nn.GELU("tanh"),
+        "silu": nn.SiLU(),
+        "sigmoid": nn.Sigmoid(),
     }
 
 

@@ -42,6 +42,19 @@ def test_the_train_your_own_network_example_runs_verbatim(data_root, tmp_path):
     assert os.listdir(tmp_path / "runs" / "my-net")
 
 
+def test_the_next_chapter_example_runs_verbatim(data_root, tmp_path):
+    (example,) = python_blocks("The next chapter: batch norm, AdamW, a schedule, augmentation, your own layer")
+    result = run_python(example, tmp_path, SCRATCHNET_DATA=data_root)
+    assert result.returncode == 0, result.stderr
+    # 2,000 images at batch 32, the last partial batch dropped: 62 steps an epoch, logged every 31.
+    assert [line[:10] for line in result.stdout.splitlines() if line.startswith("[")] == \
+        ["[1,    31]", "[1,    62]", "[2,    31]", "[2,    62]"]
+    accuracy = float(re.search(r"^test accuracy: (\d+\.\d) %", result.stdout, flags=re.MULTILINE).group(1))
+    assert accuracy > 20  # 10 % is chance; two short epochs
+    last_rate = float(re.search(r"last learning rate (\S+)$", result.stdout, flags=re.MULTILINE).group(1))
+    assert last_rate < 1e-2 / 1000  # the cycle ends near max_lr / 25 / 1e4
+
+
 def test_the_api_example_of_the_reference_runs_verbatim(tmp_path):
     (example,) = python_blocks("The API: what a PyTorch user would guess", "docs/reference.md")
     result = run_python(example, tmp_path)

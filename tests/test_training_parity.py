@@ -12,7 +12,7 @@ STEPS = 500
 BATCH = 4
 
 
-def test_500_training_steps_match_torch(backend, error_report):
+def test_500_training_steps_match_torch(backend, error_report, one_torch_thread):
     torch.manual_seed(0)
     torch_net = TorchNet()
     net = Net(seed=1).to(backend.name)

@@ -43,15 +43,6 @@ class ReplayedOrder:
             yield order[start:start + self.batch_size].tolist()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Torch's thread pool crawls on a few shared cores; one thread is also what makes runs repeatable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def both_runs(data_root):
     trainset = data.CIFAR10(data_root, train=True, limit=TRAIN_IMAGES)

@@ -38,6 +38,10 @@ class BackendError(ValueError):
     """An unknown backend name, or a backend whose library or device is missing."""
 
 
+# The element-wise activations of ``activation_forward``.
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "leaky_relu", "tanh", "sigmoid")
+
+
 class Backend:
     """The interface. ``name`` is the registry's name; ``xp`` the array module (numpy or cupy)."""
 
@@ -107,6 +111,24 @@ class Backend:
         """``grad_y`` wherever the forward's output ``y`` is not <= 0 (NaN included, as torch), else 0."""
         raise NotImplementedError
 
+    def activation_forward(self, x, kind, alpha=0.0):
+        """``y = f(x)`` element-wise, C-ordered, for ``kind`` in ACTIVATIONS: torch's GELU (``"gelu"``: exact,
+        with erf; ``"gelu_tanh"``), SiLU, LeakyReLU (``alpha``: the negative slope), Tanh, Sigmoid."""
+        raise NotImplementedError
+
+    def activation_backward(self, grad_y, x, y, kind, alpha=0.0):
+        """``grad_y * f'(x)``, by torch's formulas (from ``x``, or from ``y`` for tanh and sigmoid)."""
+        raise NotImplementedError
+
+    def dropout_forward(self, x, keep, scale):
+        """``x * (keep * scale)``: ``keep`` a boolean array of ``x``'s shape on this backend, ``scale`` 1 / (1 - p)
+        cast to ``x``'s dtype first, as torch scales its mask."""
+        raise NotImplementedError
+
+    def dropout_backward(self, grad_y, keep, scale):
+        """``grad_y * (keep * scale)``."""
+        raise NotImplementedError
+
     def linear_forward(self, x, weight, bias, workspace=None):
         """``x @ weight.T + bias`` for (N, in) ``x`` (``nn.Linear`` folds leading axes into N); ``bias`` may be
         None; ``workspace`` one of ``self.workspace("linear", ...)`` or None."""
@@ -133,6 +155,41 @@ class Backend:
         raise NotImplementedError
 
     # ---- optimizer -----------------------------------------------------------------
+
+    # ---- average and adaptive pooling, batch norm -----------------------------------------------
+
+    def avg_pool2d_forward(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        """torch's avg_pool2d of (N, C, H, W) ``x`` (pairs; ``divisor_override`` None or an int): each window's sum
+        over its part inside the input, divided by the window's size clipped to the padded input
+        (``count_include_pad``), by its part inside the input, or by ``divisor_override``."""
+        raise NotImplementedError
+
+    def avg_pool2d_backward(self, grad_y, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override):
+        """Each input pixel gathers ``grad_y / divisor`` of the windows that contain it."""
+        raise NotImplementedError
+
+    def adaptive_pool2d_forward(self, x, output_hw, mode):
+        """torch's adaptive_avg_pool2d (``mode="avg"``) or adaptive_max_pool2d (``"max"``) of (N, C, H, W) ``x``:
+        output row i pools rows floor(i*H/OH) to ceil((i+1)*H/OH). Returns (y, indices): flat h * W + w argmax
+        per plane for max (NaN wins, first maximum kept, as torch), None for avg."""
+        raise NotImplementedError
+
+    def adaptive_pool2d_backward(self, grad_y, x_shape, mode, indices):
+        """avg: each input pixel gathers ``grad_y / window size`` of its windows; max: the windows that chose it."""
+        raise NotImplementedError
+
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+        """Batch norm of (N, C, *) ``x`` over every axis but C. With ``use_batch_stats`` the batch's mean and
+        biased variance normalize, and ``running_mean`` / ``running_var`` (when not None) move in place by
+        ``momentum`` toward the mean and the unbiased variance; else the running statistics normalize.
+        ``weight`` and ``bias`` may be None. Returns (y, saved)."""
+        raise NotImplementedError
+
+    def batch_norm_backward(self, grad_y, saved, weight, grad_weight, grad_bias, need_input_grad=True):
+        """torch's batch norm backward: the input gradient (through the batch statistics when they were used),
+        ``sum(grad_y * x_hat)`` added into ``grad_weight`` and ``sum(grad_y)`` into ``grad_bias`` (each may be None)."""
+        raise NotImplementedError
 
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
         """One torch.optim.SGD update, in place on ``param`` and ``buf``.

@@ -18,7 +18,7 @@ cuBLAS calls during stream capture.
 
 import numpy as np
 
-from scratchnet.backends.base import Backend, BackendError
+from scratchnet.backends.base import ACTIVATIONS, Backend, BackendError
 from scratchnet.backends.cupy import graph, sources
 from scratchnet.backends.cupy.device import EMULATED, cp
 from scratchnet.geometry import conv2d_output_hw, conv_output_size, max_pool2d_output_hw, plain_conv, plain_pool
@@ -245,6 +245,28 @@ class CupyBackend(Backend):
         self._launch(y.dtype, "relu_backward", y.size, (grad_y, y, grad_x, np.int64(y.size)))
         return grad_x
 
+    def activation_forward(self, x, kind, alpha=0.0):
+        x = cp.ascontiguousarray(x)
+        y = cp.empty_like(x)
+        self._launch(x.dtype, "activation_forward", x.size, (
+            x, y, np.int64(x.size), np.int32(ACTIVATIONS.index(kind)), x.dtype.type(alpha)))
+        return y
+
+    def activation_backward(self, grad_y, x, y, kind, alpha=0.0):
+        grad_y, x, y = (cp.ascontiguousarray(a) for a in (grad_y, x, y))
+        grad_x = cp.empty_like(grad_y)
+        self._launch(x.dtype, "activation_backward", x.size, (
+            grad_y, x, y, grad_x, np.int64(x.size), np.int32(ACTIVATIONS.index(kind)), x.dtype.type(alpha)))
+        return grad_x
+
+    def dropout_forward(self, x, keep, scale):
+        x, keep = cp.ascontiguousarray(x), cp.ascontiguousarray(keep)
+        y = cp.empty_like(x)
+        self._launch(x.dtype, "dropout_apply", x.size, (x, keep, y, np.int64(x.size), x.dtype.type(scale)))
+        return y
+
+    dropout_backward = dropout_forward
+
     def _matmul(self, a, b, bias=None):
         """``a @ b`` (plus ``bias`` on every row) for 2-D arrays, which may be transposed views."""
         rows, inner = a.shape
@@ -313,6 +335,90 @@ class CupyBackend(Backend):
             probs, coefficients, cp.ascontiguousarray(scale), grad, *_ints(rows, classes)))
         return grad
 
+    # ---- average and adaptive pooling, batch norm ------------------------------------------
+
+    def avg_pool2d_forward(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        x = cp.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        out_h, out_w = max_pool2d_output_hw((h, w), kernel, stride, padding, (1, 1), ceil_mode)
+        y = cp.empty((n, c, out_h, out_w), dtype=x.dtype)
+        self._launch(x.dtype, "avg_pool2d_forward", y.size, (
+            x, y, np.int64(n * c), *_ints(h, w, out_h, out_w, *kernel, *stride, *padding, count_include_pad,
+                                         divisor_override or 0)))
+        return y
+
+    def avg_pool2d_backward(self, grad_y, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override):
+        grad_y = cp.ascontiguousarray(grad_y)
+        n, c, h, w = x_shape
+        grad_x = cp.empty(x_shape, dtype=grad_y.dtype)
+        self._launch(grad_y.dtype, "avg_pool2d_backward", grad_x.size, (
+            grad_y, grad_x, np.int64(n * c), *_ints(h, w, *grad_y.shape[2:], *kernel, *stride, *padding,
+                                                    count_include_pad, divisor_override or 0)))
+        return grad_x
+
+    def adaptive_pool2d_forward(self, x, output_hw, mode):
+        x = cp.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        y = cp.empty((n, c) + tuple(output_hw), dtype=x.dtype)
+        sizes = (np.int64(n * c), *_ints(h, w, *output_hw))
+        if mode == "avg":
+            self._launch(x.dtype, "adaptive_avg_pool2d_forward", y.size, (x, y, *sizes))
+            return y, None
+        indices = cp.empty(y.shape, dtype=cp.int64)
+        self._launch(x.dtype, "adaptive_max_pool2d_forward", y.size, (x, y, indices, *sizes))
+        return y, indices
+
+    def adaptive_pool2d_backward(self, grad_y, x_shape, mode, indices):
+        grad_y = cp.ascontiguousarray(grad_y)
+        n, c, h, w = x_shape
+        grad_x = cp.empty(x_shape, dtype=grad_y.dtype)
+        sizes = (np.int64(n * c), *_ints(h, w, *grad_y.shape[2:]))
+        if mode == "avg":
+            self._launch(grad_y.dtype, "adaptive_avg_pool2d_backward", grad_x.size, (grad_y, grad_x, *sizes))
+        else:
+            self._launch(grad_y.dtype, "adaptive_max_pool2d_backward", grad_x.size, (
+                grad_y, cp.ascontiguousarray(indices), grad_x, *sizes))
+        return grad_x
+
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+        x = cp.ascontiguousarray(x)
+        n, c = x.shape[:2]
+        spatial = x.size // max(n * c, 1)
+        real = x.dtype.type
+        if use_batch_stats:
+            mean, invstd = cp.empty(c, x.dtype), cp.empty(c, x.dtype)
+            update = running_mean is not None
+            self._launch_blocks(x.dtype, "batch_norm_stats", c, (
+                x, mean, invstd, running_mean if update else mean, running_var if update else invstd,
+                *_ints(n, c), np.int64(spatial), real(eps), real(momentum), real(1 - momentum), np.int32(update)))
+        else:
+            mean, invstd = running_mean, cp.empty(c, x.dtype)
+            self._launch(x.dtype, "batch_norm_invstd", c, (running_var, invstd, np.int32(c), real(eps)))
+        y = cp.empty_like(x)
+        self._launch(x.dtype, "batch_norm_transform", x.size, (
+            x, y, mean, invstd, weight if weight is not None else x, bias if bias is not None else x, np.int32(c),
+            np.int64(spatial), np.int64(x.size), np.int32(weight is not None), np.int32(bias is not None)))
+        return y, (x, mean, invstd, use_batch_stats)
+
+    def batch_norm_backward(self, grad_y, saved, weight, grad_weight, grad_bias, need_input_grad=True):
+        x, mean, invstd, use_batch_stats = saved
+        grad_y = cp.ascontiguousarray(grad_y)
+        n, c = x.shape[:2]
+        spatial = x.size // max(n * c, 1)
+        grad_sum, dot = cp.empty(c, x.dtype), cp.empty(c, x.dtype)
+        self._launch_blocks(x.dtype, "batch_norm_backward_reduce", c, (
+            x, grad_y, mean, invstd, grad_sum, dot, _or_placeholder(grad_weight, dot), _or_placeholder(grad_bias, dot),
+            *_ints(n, c), np.int64(spatial), np.int32(grad_weight is not None), np.int32(grad_bias is not None)))
+        if not need_input_grad:
+            return None
+        grad_x = cp.empty_like(x)
+        self._launch(x.dtype, "batch_norm_backward_input", x.size, (
+            x, grad_y, mean, invstd, weight if weight is not None else x, grad_sum, dot, grad_x, np.int32(c),
+            np.int64(spatial), np.int64(x.size), x.dtype.type(n * spatial), np.int32(weight is not None),
+            np.int32(bool(use_batch_stats))))
+        return grad_x
+
     # ---- optimizer -----------------------------------------------------------------
 
     def sgd_step(self, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -348,6 +454,11 @@ def _general_conv_sizes(x_shape, weight_shape, stride, padding, dilation, groups
     out_c, _, kh, kw = weight_shape
     out_h, out_w = conv2d_output_hw((h, w), (kh, kw), stride, padding, dilation)
     return _ints(n, c, h, w, out_c, kh, kw, out_h, out_w, *stride, padding[0][0], padding[1][0], *dilation, groups)
+
+
+def _or_placeholder(array, placeholder):
+    """``array``, or any valid pointer for a slot the kernel does not read (its flag is 0)."""
+    return placeholder if array is None else array
 
 
 def _ints(*values):

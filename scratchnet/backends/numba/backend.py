@@ -15,7 +15,8 @@ import functools
 
 import numpy as np
 
-from scratchnet.backends.numba import adam, conv, dense, general, layout, loss_sgd, pooling, workspaces
+from scratchnet.backends.base import ACTIVATIONS
+from scratchnet.backends.numba import activations, adam, conv, dense, general, layout, loss_sgd, norm, pooling, workspaces
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.backends.numba.loss_sgd import is_mean_loss
 from scratchnet.backends.numpy_backend import NumpyBackend
@@ -218,6 +219,91 @@ class NumbaBackend(NumpyBackend):
             return super().sgd_steps(params, grads, bufs, lr, momentum, dampening, weight_decay, nesterov, first)
         loss_sgd.sgd_steps(self._flat(params), self._flat(grads), self._flat(bufs), lr, momentum, dampening,
                            weight_decay, nesterov, first)
+
+    # ---- the next chapter's ops ----------------------------------------------------------
+
+    def activation_forward(self, x, kind, alpha=0.0):
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        activations.activation_forward.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), y.reshape(-1),
+                                           ACTIVATIONS.index(kind), alpha)
+        return y
+
+    def activation_backward(self, grad_y, x, y, kind, alpha=0.0):
+        grad_y, x, y = (np.ascontiguousarray(a) for a in (grad_y, x, y))
+        grad_x = np.empty_like(grad_y)
+        activations.activation_backward.run(threaded(x.shape[0] if x.ndim else 1), grad_y.reshape(-1), x.reshape(-1),
+                                            y.reshape(-1), grad_x.reshape(-1), ACTIVATIONS.index(kind), alpha)
+        return grad_x
+
+    def dropout_forward(self, x, keep, scale):
+        x, keep = np.ascontiguousarray(x), np.ascontiguousarray(keep)
+        y = np.empty_like(x)
+        activations.dropout_apply.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), keep.reshape(-1),
+                                      y.reshape(-1), x.dtype.type(scale))
+        return y
+
+    dropout_backward = dropout_forward
+
+    def avg_pool2d_forward(self, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        n, c, h, w = x.shape
+        out_hw = max_pool2d_output_hw((h, w), kernel, stride, padding, (1, 1), ceil_mode)
+        y = np.empty((n, c) + out_hw, dtype=x.dtype)
+        pooling.avg_pool2d_forward(np.ascontiguousarray(x).reshape(n * c, h, w), y.reshape(n * c, *out_hw), *stride,
+                                   *padding, *kernel, count_include_pad, divisor_override or 0)
+        return y
+
+    def avg_pool2d_backward(self, grad_y, x_shape, kernel, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override):
+        n, c, h, w = x_shape
+        grad_x = np.empty(x_shape, dtype=grad_y.dtype)
+        pooling.avg_pool2d_backward(np.ascontiguousarray(grad_y).reshape(n * c, *grad_y.shape[2:]),
+                                    grad_x.reshape(n * c, h, w), *stride, *padding, *kernel, count_include_pad,
+                                    divisor_override or 0)
+        return grad_x
+
+    def adaptive_pool2d_forward(self, x, output_hw, mode):
+        n, c, h, w = x.shape
+        y = np.empty((n, c) + tuple(output_hw), dtype=x.dtype)
+        indices = np.empty(y.shape, dtype=np.int64)
+        pooling.adaptive_pool2d_forward(np.ascontiguousarray(x).reshape(n * c, h, w), y.reshape(n * c, *output_hw),
+                                        indices.reshape(n * c, *output_hw), mode == "max")
+        return y, indices if mode == "max" else None
+
+    def adaptive_pool2d_backward(self, grad_y, x_shape, mode, indices):
+        n, c, h, w = x_shape
+        out_hw = grad_y.shape[2:]
+        grad_x = np.empty(x_shape, dtype=grad_y.dtype)
+        indices = np.zeros((1, 1, 1), dtype=np.int64) if indices is None else \
+            np.ascontiguousarray(indices).reshape(n * c, *out_hw)
+        pooling.adaptive_pool2d_backward(np.ascontiguousarray(grad_y).reshape(n * c, *out_hw), indices,
+                                         grad_x.reshape(n * c, h, w), mode == "max")
+        return grad_x
+
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
+        n, c = x.shape[:2]
+        rows = np.ascontiguousarray(x).reshape(n, c, -1)
+        if use_batch_stats:
+            mean, invstd = np.empty(c, x.dtype), np.empty(c, x.dtype)
+            update = running_mean is not None
+            norm.batch_norm_stats(rows, mean, invstd, running_mean if update else mean,
+                                  running_var if update else invstd, eps, momentum, update)
+        else:
+            mean, invstd = running_mean, 1 / np.sqrt(running_var + x.dtype.type(eps))
+        y = np.empty_like(rows)
+        norm.batch_norm_transform(rows, y, mean, invstd, mean if weight is None else weight,
+                                  mean if bias is None else bias, weight is not None, bias is not None)
+        return y.reshape(x.shape), (rows, mean, invstd, use_batch_stats)
+
+    def batch_norm_backward(self, grad_y, saved, weight, grad_weight, grad_bias, need_input_grad=True):
+        rows, mean, invstd, use_batch_stats = saved
+        grads = np.ascontiguousarray(grad_y).reshape(rows.shape)
+        grad_x = np.empty_like(rows)
+        norm.batch_norm_backward(rows, grads, mean, invstd, mean if weight is None else weight, weight is not None,
+                                 mean if grad_weight is None else grad_weight, mean if grad_bias is None else grad_bias,
+                                 grad_weight is not None, grad_bias is not None, grad_x, need_input_grad,
+                                 use_batch_stats)
+        return grad_x.reshape(grad_y.shape) if need_input_grad else None
 
     def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
                   step_size, bias_correction2_sqrt, maximize):

@@ -62,15 +62,16 @@ def cross_entropy_forward(logits, labels, target, class_weight, ignore_index, sm
 
 @njit(cache=True)
 def cross_entropy_backward(probs, coefficients, scale, grad):
-    """grad = (probs * sum(coefficients) - coefficients) * scale[row]; 0 on a row without weight
-    (ignored), even where the scale is infinite because every row is ignored, as in torch."""
+    """grad = (probs * sum(coefficients) - coefficients) * scale[row]; softmax * 0 on a row without weight
+    (ignored: 0, NaN where the softmax is), even where the scale is infinite because every row is ignored,
+    as in torch."""
     rows, classes = probs.shape
     for r in range(rows):
         weight_sum = probs.dtype.type(0)
         for k in range(classes):
             weight_sum += coefficients[r, k]
         for k in range(classes):
-            grad[r, k] = (probs[r, k] * weight_sum - coefficients[r, k]) * scale[r] if weight_sum != 0 else 0
+            grad[r, k] = (probs[r, k] * weight_sum - coefficients[r, k]) * scale[r] if weight_sum != 0 else probs[r, k] * 0
 
 
 @njit(cache=True)

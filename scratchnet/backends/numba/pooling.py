@@ -1,5 +1,7 @@
 """Max-pool kernels: fused ReLU + max-pool read straight from a convolution's rows, and plain max-pool."""
 
+import math
+
 from numba import njit, prange
 
 from scratchnet.backends.numba.jit import Twin, fill, kernel
@@ -109,3 +111,115 @@ def max_pool2d_backward(grad_y, indices, grad_x):
                 for ow in range(out_w):
                     k = indices[b, ci, oh, ow]
                     grad_x[b, ci, k // w, k % w] += grad_y[b, ci, oh, ow]
+
+
+# ---- average and adaptive pooling: gathers over (planes, H, W), as the CUDA kernels --------------------
+
+@njit(cache=True)
+def _avg_window(index, stride, pad, kernel, size):
+    """(first, end) of the window's part inside the input, and its size clipped to the padded input."""
+    start = index * stride - pad
+    stop = min(start + kernel, size + pad)
+    return max(start, 0), min(stop, size), stop - start
+
+
+@njit(cache=True)
+def _avg_divisor(inside, padded, count_include_pad, divisor_override):
+    if divisor_override:
+        return divisor_override
+    return padded if count_include_pad else inside
+
+
+@njit(cache=True)
+def avg_pool2d_forward(x, y, stride_h, stride_w, pad_h, pad_w, kernel_h, kernel_w, count_include_pad,
+                       divisor_override):
+    planes, h, w = x.shape
+    for p in range(planes):
+        for row in range(y.shape[1]):
+            top, bottom, rows = _avg_window(row, stride_h, pad_h, kernel_h, h)
+            for col in range(y.shape[2]):
+                left, right, cols = _avg_window(col, stride_w, pad_w, kernel_w, w)
+                if top >= bottom or left >= right:
+                    y[p, row, col] = 0
+                    continue
+                total = x.dtype.type(0)
+                for iy in range(top, bottom):
+                    for ix in range(left, right):
+                        total += x[p, iy, ix]
+                y[p, row, col] = total / x.dtype.type(
+                    _avg_divisor((bottom - top) * (right - left), rows * cols, count_include_pad, divisor_override))
+
+
+@njit(cache=True)
+def avg_pool2d_backward(grad_y, grad_x, stride_h, stride_w, pad_h, pad_w, kernel_h, kernel_w, count_include_pad,
+                        divisor_override):
+    planes, h, w = grad_x.shape
+    out_h, out_w = grad_y.shape[1], grad_y.shape[2]
+    for p in range(planes):
+        for iy in range(h):
+            row_lo = max(0, (iy + pad_h - kernel_h) // stride_h + 1)
+            row_hi = min(out_h - 1, (iy + pad_h) // stride_h)
+            for ix in range(w):
+                col_lo = max(0, (ix + pad_w - kernel_w) // stride_w + 1)
+                col_hi = min(out_w - 1, (ix + pad_w) // stride_w)
+                total = grad_x.dtype.type(0)
+                for row in range(row_lo, row_hi + 1):
+                    top, bottom, rows = _avg_window(row, stride_h, pad_h, kernel_h, h)
+                    for col in range(col_lo, col_hi + 1):
+                        left, right, cols = _avg_window(col, stride_w, pad_w, kernel_w, w)
+                        total += grad_y[p, row, col] / grad_x.dtype.type(_avg_divisor(
+                            (bottom - top) * (right - left), rows * cols, count_include_pad, divisor_override))
+                grad_x[p, iy, ix] = total
+
+
+@njit(cache=True)
+def _adaptive(index, size, out):
+    return index * size // out, -(-(index + 1) * size // out)
+
+
+@njit(cache=True)
+def adaptive_pool2d_forward(x, y, indices, take_max):
+    planes, h, w = x.shape
+    out_h, out_w = y.shape[1], y.shape[2]
+    for p in range(planes):
+        for row in range(out_h):
+            top, bottom = _adaptive(row, h, out_h)
+            for col in range(out_w):
+                left, right = _adaptive(col, w, out_w)
+                if take_max:  # torch's scan: a strictly greater value or a NaN takes over
+                    best, best_at = -math.inf, top * w + left
+                    for iy in range(top, bottom):
+                        for ix in range(left, right):
+                            v = x[p, iy, ix]
+                            if v > best or v != v:
+                                best, best_at = v, iy * w + ix
+                    y[p, row, col], indices[p, row, col] = best, best_at
+                else:
+                    total = x.dtype.type(0)
+                    for iy in range(top, bottom):
+                        for ix in range(left, right):
+                            total += x[p, iy, ix]
+                    y[p, row, col] = total / x.dtype.type((bottom - top) * (right - left))
+
+
+@njit(cache=True)
+def adaptive_pool2d_backward(grad_y, indices, grad_x, take_max):
+    planes, h, w = grad_x.shape
+    out_h, out_w = grad_y.shape[1], grad_y.shape[2]
+    for p in range(planes):
+        for iy in range(h):
+            for ix in range(w):
+                total = grad_x.dtype.type(0)
+                for row in range(out_h):
+                    top, bottom = _adaptive(row, h, out_h)
+                    if iy < top or iy >= bottom:
+                        continue
+                    for col in range(out_w):
+                        left, right = _adaptive(col, w, out_w)
+                        if ix < left or ix >= right:
+                            continue
+                        if not take_max:
+                            total += grad_y[p, row, col] / grad_x.dtype.type((bottom - top) * (right - left))
+                        elif indices[p, row, col] == iy * w + ix:
+                            total += grad_y[p, row, col]
+                grad_x[p, iy, ix] = total

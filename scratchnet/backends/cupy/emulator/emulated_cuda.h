@@ -258,6 +258,7 @@ constexpr int arity(void (*)(P...))
 
 // CUDA's device maths, overloaded on the float type as in device code.
 using std::ceil;
+using std::erf;
 using std::exp;
 using std::fabs;
 using std::floor;

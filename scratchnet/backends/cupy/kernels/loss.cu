@@ -61,8 +61,9 @@ __global__ void cross_entropy_reduce(
     }
 }
 
-// grad = (probs * sum_k coefficients - coefficients) * scale[row]; 0 on a row without weight (ignored),
-// even where the scale is infinite because every row is ignored, as in torch.
+// grad = (probs * sum_k coefficients - coefficients) * scale[row]; softmax * 0 on a row without weight
+// (ignored: 0, NaN where the softmax is), even where the scale is infinite because every row is ignored,
+// as in torch.
 template <typename real>
 __global__ void cross_entropy_rows_backward(
     const real* __restrict__ probs, const real* __restrict__ coefficients, const real* __restrict__ scale,
@@ -72,6 +73,6 @@ __global__ void cross_entropy_rows_backward(
         const long long r = i / classes;
         real total = 0;
         for (int k = 0; k < classes; ++k) total += coefficients[r * classes + k];
-        grad[i] = total != (real)0 ? (probs[i] * total - coefficients[i]) * scale[r] : (real)0;
+        grad[i] = total != (real)0 ? (probs[i] * total - coefficients[i]) * scale[r] : probs[i] * (real)0;
     }
 }

@@ -108,3 +108,158 @@ __global__ void max_pool2d_backward_general(
         grad_x[i] = acc;
     }
 }
+
+// ---- average pooling (torch's avg_pool2d) ---------------------------------------------------------
+
+// What output (row, col)'s sum is divided by: the override, the window clipped to the padded input
+// (count_include_pad), or its part inside the input. *first/*end get the part inside, per axis.
+__device__ inline int avg_window(int index, int stride, int pad, int kernel, int size, int* first, int* end)
+{
+    const int start = index * stride - pad;
+    const int stop = min(start + kernel, size + pad);
+    *first = max(start, 0);
+    *end = min(stop, size);
+    return stop - start;
+}
+
+template <typename real>
+__global__ void avg_pool2d_forward(
+    const real* __restrict__ x, real* __restrict__ y, long long planes, int h, int w, int oh, int ow,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int count_include_pad,
+    int divisor_override)
+{
+    FOR_EACH_INDEX(i, planes * oh * ow) {
+        const PlaneIndex out(i, oh, ow);
+        int top, bottom, left, right;
+        const int padded_rows = avg_window(out.row, stride_h, pad_h, kernel_h, h, &top, &bottom);
+        const int padded_cols = avg_window(out.col, stride_w, pad_w, kernel_w, w, &left, &right);
+        if (top >= bottom || left >= right) { y[i] = 0; continue; }
+        const real* plane = x + out.plane * h * w;
+        real sum = 0;
+        for (int iy = top; iy < bottom; ++iy)
+            for (int ix = left; ix < right; ++ix) sum += plane[iy * w + ix];
+        const int divisor = divisor_override ? divisor_override
+                          : count_include_pad ? padded_rows * padded_cols : (bottom - top) * (right - left);
+        y[i] = sum / (real)divisor;
+    }
+}
+
+// Each input pixel gathers grad_y / divisor of the windows that contain it.
+template <typename real>
+__global__ void avg_pool2d_backward(
+    const real* __restrict__ grad_y, real* __restrict__ grad_x, long long planes, int h, int w, int oh, int ow,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int count_include_pad,
+    int divisor_override)
+{
+    FOR_EACH_INDEX(i, planes * h * w) {
+        const PlaneIndex in(i, h, w);
+        const real* grads = grad_y + in.plane * oh * ow;
+        // Windows row*stride - pad <= in.row < row*stride - pad + kernel, inside the output.
+        const int row_lo = max(0, (in.row + pad_h - kernel_h) / stride_h + ((in.row + pad_h - kernel_h) >= 0 ? 1 : 0));
+        const int col_lo = max(0, (in.col + pad_w - kernel_w) / stride_w + ((in.col + pad_w - kernel_w) >= 0 ? 1 : 0));
+        const int row_hi = min(oh - 1, (in.row + pad_h) / stride_h);
+        const int col_hi = min(ow - 1, (in.col + pad_w) / stride_w);
+        real acc = 0;
+        for (int row = row_lo; row <= row_hi; ++row) {
+            int top, bottom, left, right;
+            const int padded_rows = avg_window(row, stride_h, pad_h, kernel_h, h, &top, &bottom);
+            for (int col = col_lo; col <= col_hi; ++col) {
+                const int padded_cols = avg_window(col, stride_w, pad_w, kernel_w, w, &left, &right);
+                const int divisor = divisor_override ? divisor_override
+                                  : count_include_pad ? padded_rows * padded_cols : (bottom - top) * (right - left);
+                acc += grads[row * ow + col] / (real)divisor;
+            }
+        }
+        grad_x[i] = acc;
+    }
+}
+
+// ---- adaptive pooling: output row r pools rows floor(r*H/OH) to ceil((r+1)*H/OH) ----------------------
+
+__device__ inline int adaptive_first(int index, int size, int out) { return (int)((long long)index * size / out); }
+__device__ inline int adaptive_end(int index, int size, int out)
+{
+    return (int)(((long long)(index + 1) * size + out - 1) / out);
+}
+
+template <typename real>
+__global__ void adaptive_avg_pool2d_forward(const real* __restrict__ x, real* __restrict__ y, long long planes,
+                                            int h, int w, int oh, int ow)
+{
+    FOR_EACH_INDEX(i, planes * oh * ow) {
+        const PlaneIndex out(i, oh, ow);
+        const int top = adaptive_first(out.row, h, oh), bottom = adaptive_end(out.row, h, oh);
+        const int left = adaptive_first(out.col, w, ow), right = adaptive_end(out.col, w, ow);
+        const real* plane = x + out.plane * h * w;
+        real sum = 0;
+        for (int iy = top; iy < bottom; ++iy)
+            for (int ix = left; ix < right; ++ix) sum += plane[iy * w + ix];
+        y[i] = sum / (real)((bottom - top) * (right - left));
+    }
+}
+
+template <typename real>
+__global__ void adaptive_avg_pool2d_backward(const real* __restrict__ grad_y, real* __restrict__ grad_x,
+                                             long long planes, int h, int w, int oh, int ow)
+{
+    FOR_EACH_INDEX(i, planes * h * w) {
+        const PlaneIndex in(i, h, w);
+        const real* grads = grad_y + in.plane * oh * ow;
+        real acc = 0;
+        for (int row = 0; row < oh; ++row) {
+            const int top = adaptive_first(row, h, oh), bottom = adaptive_end(row, h, oh);
+            if (in.row < top || in.row >= bottom) continue;
+            for (int col = 0; col < ow; ++col) {
+                const int left = adaptive_first(col, w, ow), right = adaptive_end(col, w, ow);
+                if (in.col < left || in.col >= right) continue;
+                acc += grads[row * ow + col] / (real)((bottom - top) * (right - left));
+            }
+        }
+        grad_x[i] = acc;
+    }
+}
+
+// torch's scan: a strictly greater value or a NaN takes over.
+template <typename real>
+__global__ void adaptive_max_pool2d_forward(const real* __restrict__ x, real* __restrict__ y,
+                                            long long* __restrict__ indices, long long planes, int h, int w, int oh,
+                                            int ow)
+{
+    FOR_EACH_INDEX(i, planes * oh * ow) {
+        const PlaneIndex out(i, oh, ow);
+        const int top = adaptive_first(out.row, h, oh), bottom = adaptive_end(out.row, h, oh);
+        const int left = adaptive_first(out.col, w, ow), right = adaptive_end(out.col, w, ow);
+        const real* plane = x + out.plane * h * w;
+        real best = -INFINITY;
+        int best_index = top * w + left;
+        for (int iy = top; iy < bottom; ++iy) {
+            for (int ix = left; ix < right; ++ix) {
+                const real value = plane[iy * w + ix];
+                if (value > best || isnan(value)) { best = value; best_index = iy * w + ix; }
+            }
+        }
+        y[i] = best;
+        indices[i] = best_index;
+    }
+}
+
+template <typename real>
+__global__ void adaptive_max_pool2d_backward(const real* __restrict__ grad_y, const long long* __restrict__ indices,
+                                             real* __restrict__ grad_x, long long planes, int h, int w, int oh,
+                                             int ow)
+{
+    FOR_EACH_INDEX(i, planes * h * w) {
+        const PlaneIndex in(i, h, w);
+        const long long first = in.plane * oh * ow;
+        const int self = in.row * w + in.col;
+        real acc = 0;
+        for (int row = 0; row < oh; ++row) {
+            if (in.row < adaptive_first(row, h, oh) || in.row >= adaptive_end(row, h, oh)) continue;
+            for (int col = 0; col < ow; ++col) {
+                if (in.col < adaptive_first(col, w, ow) || in.col >= adaptive_end(col, w, ow)) continue;
+                if (indices[first + row * ow + col] == self) acc += grad_y[first + row * ow + col];
+            }
+        }
+        grad_x[i] = acc;
+    }
+}
