@@ -65,9 +65,10 @@ class FusedStep:
     """``step(images, labels, check_label_values=True) -> (logits, loss)``, as ``eager_step``.
 
     On a backend with workspaces (``Backend.workspace``) each stage gets one per input
-    signature, made after one checked forward of the stages has shown every stage's input
-    shape, and kept for the inputs to come (a full batch and an epoch's last, smaller one);
-    the logits then come out of a workspace and are copied, as the next step overwrites them.
+    signature: the first step of a signature runs without and shows every stage's input shape,
+    and the workspaces made then serve the inputs to come (a full batch and an epoch's last,
+    smaller one); the logits then come out of a workspace and are copied, as the next step
+    overwrites them.
 
     ``label_pool``, when set, holds every label the batches will carry (class indices): it
     is checked once, at the next step, instead of each batch's labels.
@@ -90,10 +91,18 @@ class FusedStep:
         self._no_workspaces = [None] * len(self.stages)
 
     def __call__(self, images, labels, check_label_values=True):
-        workspaces = self._workspaces_for(images) if self.model.backend.has_workspaces else self._no_workspaces
+        signature, workspaces, shapes = None, self._no_workspaces, None
+        if self.model.backend.has_workspaces:
+            first = self._parameters[0].data if self._parameters else images
+            signature = (type(images), images.shape, images.dtype, type(first), first.dtype)
+            workspaces = self._workspaces.get(signature)
+            if workspaces is None:  # this step runs without, and shows each stage's input shape for the next
+                workspaces, shapes = self._no_workspaces, []
         self.optimizer.zero_grad()
         x = images
         for stage, workspace in zip(self.stages, workspaces):
+            if shapes is not None:
+                shapes.append(x.shape)
             x = stage.forward(x, workspace)
         if self.label_pool is not None and check_label_values:
             check_class_indices(self.label_pool, x.shape[1 if x.ndim > 1 else 0], "label_pool")
@@ -104,23 +113,18 @@ class FusedStep:
         for index, need_input_grad in self._backward:
             grad = stages[index].backward(grad, need_input_grad, workspaces[index])
         self.optimizer.step()
+        if shapes is not None:
+            self._keep_workspaces(signature, shapes)
         return (x if workspaces is self._no_workspaces else x.copy()), loss
 
-    def _workspaces_for(self, images):
-        first = self._parameters[0].data if self._parameters else images
-        signature = (type(images), images.shape, images.dtype, type(first), first.dtype)
-        workspaces = self._workspaces.get(signature)
-        if workspaces is None:
-            shapes, x = [], images
-            for stage in self.stages:  # checks the input as the step would, and shows each stage's input shape
-                shapes.append(x.shape)
-                x = stage.forward(x)
-            backend = self.model.backend
-            workspaces = [stage.workspace(shape, backend) for stage, shape in zip(self.stages, shapes)]
-            if len(self._workspaces) >= _SIGNATURES_KEPT:
-                self._workspaces.clear()
-            self._workspaces[signature] = workspaces
-        return workspaces
+    def _keep_workspaces(self, signature, shapes):
+        """Workspaces for the stages' input shapes, kept for the inputs to come with ``signature``. Made after
+        a real step, not a forward of their own: a layer's forward may change its state (dropout's masks,
+        batch norm's running statistics)."""
+        backend = self.model.backend
+        if len(self._workspaces) >= _SIGNATURES_KEPT:
+            self._workspaces.clear()
+        self._workspaces[signature] = [stage.workspace(shape, backend) for stage, shape in zip(self.stages, shapes)]
 
 
 # Input signatures whose workspaces a step keeps: a full batch and an epoch's last, smaller one, with room.

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchnet import backends, checkpoint, cli, distributed, nn, plots, report, resume, runs
+from scratchnet import backends, checkpoint, cli, distributed, nn, plots, random, report, resume, runs
 from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
 from scratchnet.evaluate import class_probabilities, evaluate, parameter_shapes
 from scratchnet.models import Net
@@ -250,8 +250,10 @@ def _train_and_test(args, backend, seed, folder, started, comm):
     data_time = time.perf_counter() - data_started
     weights = folder.file(WEIGHTS_FILE) if folder is not None else None
 
-    # Independent streams for the initial weights and the shuffle order, both from the one seed.
-    init_seed, order_seed = np.random.SeedSequence(seed).spawn(2)
+    # Independent streams for the initial weights, the shuffle order and the layers' own draws (dropout's
+    # masks, from scratchnet's global generator), all from the one seed.
+    init_seed, order_seed, layers_seed = np.random.SeedSequence(seed).spawn(3)
+    random.manual_seed(layers_seed)
     dtype = np.dtype(args.dtype)
     net = Net(width=args.width, seed=np.random.default_rng(init_seed)).to(backend.name).to(dtype)
     criterion = nn.CrossEntropyLoss().to(backend.name)

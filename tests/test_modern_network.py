@@ -83,8 +83,9 @@ def test_its_compiled_step_equals_the_eager_one_dropout_masks_included(backend):
     for compiled in (False, True):
         model = _ours().to(backend.name).double()
         model.load_state_dict(_reference_weights())
-        optimizer, criterion = optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.CrossEntropyLoss()
-        step = compile_step(model, criterion.to(backend.name), optimizer, 4) if compiled else \
+        optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        criterion = nn.CrossEntropyLoss().to(backend.name)
+        step = compile_step(model, criterion, optimizer, 4) if compiled else \
             (lambda x, y: eager_step(model, criterion, optimizer, x, y))
         scratchnet.manual_seed(3)
         results.append(([float(step(x, y)[1]) for x, y in batches], model.state_dict()))

@@ -94,7 +94,8 @@ def test_fused_conv_and_linear_stages_get_workspaces_and_other_layers_none():
 
 def test_the_first_stage_computes_no_input_gradient():
     step, *_ = _pair(MODELS["tutorial Net"], np.float32)
-    step(*_batches([4], np.float32)[0])
+    for batch in _batches([4, 4], np.float32):  # the first step shows the shapes, the second uses the workspaces
+        step(*batch)
     first, second = next(iter(step._workspaces.values()))[:2]
     assert first.grad_x is None and second.grad_x is not None
 
