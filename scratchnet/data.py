@@ -325,7 +325,7 @@ class DataLoader:
             raise ValueError(f"DataLoader: rank must lie in [0, workers), got rank {rank} of {workers} workers")
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.rank, self.workers, self.transform, self.drop_last = rank, workers, transform, drop_last
-        self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.get("numpy")
+        self.backend = backends.get(backend) if isinstance(backend, str) else backend or backends.reference()
         self._rng = np.random.default_rng(seed)
         # Its own stream, so that augmenting leaves the shuffle order (a documented contract) as it is.
         self._augment_rng = self._rng.spawn(1)[0]

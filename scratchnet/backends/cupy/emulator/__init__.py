@@ -12,14 +12,14 @@ import types
 from scratchnet.backends.cupy.emulator import runtime as cuda
 from scratchnet.backends.cupy.emulator.arrays import (
     array, as_strided, asarray, ascontiguousarray, asnumpy, copyto, empty, empty_like, full, full_like,
-    get_array_module, matmul, ndarray, numpy_function, ones, ones_like, zeros, zeros_like,
+    matmul, ndarray, numpy_function, ones, ones_like, zeros, zeros_like,
 )
-from scratchnet.backends.cupy.emulator.runtime import RawModule
+from scratchnet.backends.cupy.emulator.modules import RawModule
 
 lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(as_strided=as_strided))
 
 __all__ = ["RawModule", "array", "lib", "asarray", "ascontiguousarray", "asnumpy", "copyto", "cuda", "empty",
-           "empty_like", "full", "full_like", "get_array_module", "matmul", "ndarray", "ones", "ones_like",
+           "empty_like", "full", "full_like", "matmul", "ndarray", "ones", "ones_like",
            "zeros", "zeros_like"]
 
 

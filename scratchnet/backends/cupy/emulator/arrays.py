@@ -330,12 +330,6 @@ def as_strided(x, shape=None, strides=None):
     return ndarray._over(np.lib.stride_tricks.as_strided(x._buffer, shape, strides))
 
 
-def get_array_module(*args):
-    import scratchnet.backends.cupy.emulator as device_module
-
-    return device_module if any(isinstance(arg, ndarray) for arg in args) else np
-
-
 def numpy_function(name):
     """Any other NumPy name: dtypes and constants as they are, functions as device work."""
     value = getattr(np, name)
