@@ -14,7 +14,7 @@ import numpy as np
 
 from scratchnet import backends, checkpoint, cli, report
 from scratchnet.data import CIFAR10, DataError, DataLoader
-from scratchnet.models import Net
+from scratchnet.models import Net, parameter_shapes
 from scratchnet.step import compile_forward
 
 # The weights a run folder holds: scratchnet's, or the reference tutorial's.
@@ -66,17 +66,6 @@ def evaluate(net, testset, batch_size, backend, dtype=None):
     loader = DataLoader(testset, batch_size, shuffle=False, backend=backend, dtype=dtype)
     predictions = predict(net, loader)
     return predictions, report.accuracy_summary(testset.targets, predictions, testset.classes)
-
-
-def parameter_shapes(width):
-    """The tutorial Net's parameter shapes at ``width``, as ``models.Net`` lays them out.
-
-    Known without building a Net, so weights can be checked before anything of their size is allocated.
-    """
-    c1, c2 = 6 * width, 16 * width
-    return {"conv1.weight": (c1, 3, 5, 5), "conv1.bias": (c1,), "conv2.weight": (c2, c1, 5, 5), "conv2.bias": (c2,),
-            "fc1.weight": (120, c2 * 5 * 5), "fc1.bias": (120,), "fc2.weight": (84, 120), "fc2.bias": (84,),
-            "fc3.weight": (10, 84), "fc3.bias": (10,)}
 
 
 def net_from_weights(path, allow_non_finite=False):

@@ -20,17 +20,36 @@ class Net(nn.Sequential):
         if not isinstance(width, int) or width <= 0:
             raise ValueError(f"Net: width must be a positive int, got {width!r}")
         rng = default_generator(seed)
-        c1, c2 = 6 * width, 16 * width
-        # Created in the tutorial's order, so one seed gives the same weights as ever.
-        conv1, conv2 = nn.Conv2d(3, c1, 5, seed=rng), nn.Conv2d(c1, c2, 5, seed=rng)
-        fc1, fc2, fc3 = nn.Linear(c2 * 5 * 5, 120, seed=rng), nn.Linear(120, 84, seed=rng), nn.Linear(84, 10, seed=rng)
-        # The tutorial reuses one pool; ours are two, as each layer keeps what its backward needs.
-        super().__init__(OrderedDict([
-            ("conv1", conv1), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2, 2)),
-            ("conv2", conv2), ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2, 2)),
-            ("flatten", nn.Flatten()),
-            ("fc1", fc1), ("relu3", nn.ReLU()),
-            ("fc2", fc2), ("relu4", nn.ReLU()),
-            ("fc3", fc3),
-        ]))
+        makers = {"conv": lambda args: nn.Conv2d(*args, seed=rng), "linear": lambda args: nn.Linear(*args, seed=rng),
+                  "relu": lambda args: nn.ReLU(), "pool": lambda args: nn.MaxPool2d(*args),
+                  "flatten": lambda args: nn.Flatten()}
+        # Made in the layout's order, which is the tutorial's: one seed gives the same weights as ever.
+        super().__init__(OrderedDict((name, makers[kind](args)) for name, kind, args in layout(width)))
         self.width = width
+
+
+def layout(width):
+    """The tutorial Net's layers at ``width`` as (name, kind, arguments), in order: the one description that
+    builds the Net and gives its parameter shapes before anything is allocated. The tutorial reuses one
+    pool; ours are two, as each layer keeps what its backward needs."""
+    c1, c2 = 6 * width, 16 * width
+    return [("conv1", "conv", (3, c1, 5)), ("relu1", "relu", ()), ("pool1", "pool", (2, 2)),
+            ("conv2", "conv", (c1, c2, 5)), ("relu2", "relu", ()), ("pool2", "pool", (2, 2)),
+            ("flatten", "flatten", ()),
+            ("fc1", "linear", (c2 * 5 * 5, 120)), ("relu3", "relu", ()),
+            ("fc2", "linear", (120, 84)), ("relu4", "relu", ()),
+            ("fc3", "linear", (84, 10))]
+
+
+def parameter_shapes(width):
+    """The tutorial Net's parameter names and shapes at ``width``, from its layout: what weights are checked
+    against before a Net of their size is built."""
+    shapes = {}
+    for name, kind, args in layout(width):
+        if kind == "conv":
+            in_channels, out_channels, kernel = args
+            shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out_channels, in_channels, kernel, kernel), (out_channels,)
+        elif kind == "linear":
+            in_features, out_features = args
+            shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (out_features, in_features), (out_features,)
+    return shapes

@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 import scratchnet
-from scratchnet import distributed, nn, train
+from scratchnet import distributed, nn, training
 from scratchnet.data import CIFAR10, DataLoader
 from scratchnet.models import Net
 from scratchnet.optim import SGD
@@ -44,7 +44,7 @@ def fit_one_epoch(root, images, batch_size, dtype, backend, comm=None, batch_nor
         rank, workers, average = comm.rank, comm.size, distributed.loss_averager(comm)
     loader = DataLoader(trainset, batch_size, shuffle=True, seed=SEED, backend=backend, dtype=dtype,
                         rank=rank, workers=workers)
-    _, _, step_losses = train.fit(net, nn.CrossEntropyLoss().to(backend), optimizer, loader, epochs=1,
+    _, _, step_losses = training.fit(net, nn.CrossEntropyLoss().to(backend), optimizer, loader, epochs=1,
                                   log_every=len(loader) + 1, average_losses=average, capture=False)
     return step_losses.ravel(), net.state_dict()
 

@@ -14,7 +14,7 @@ import scratchnet
 from scratchnet import checkpoint, nn, optim, resume
 from scratchnet.data import CIFAR10, DataLoader
 from scratchnet.optim.lr_scheduler import OneCycleLR
-from scratchnet.train import fit
+from scratchnet.training import fit
 from scratchnet.transforms import Compose, RandomCrop, RandomHorizontalFlip
 
 

@@ -21,7 +21,7 @@ from scratchnet import backends, nn, optim
 from scratchnet.data import DataLoader
 from scratchnet.models import Net
 from scratchnet.step import compile_step, eager_step
-from scratchnet.train import fit
+from scratchnet.training import fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

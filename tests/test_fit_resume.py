@@ -18,7 +18,7 @@ from scratchnet.data import DataLoader
 from scratchnet.models import Net
 from scratchnet.optim import lr_scheduler
 from scratchnet.step import compile_step, eager_step
-from scratchnet.train import fit
+from scratchnet.training import fit
 from scratchnet.transforms import Compose, RandomCrop, RandomHorizontalFlip
 
 

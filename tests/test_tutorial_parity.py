@@ -22,7 +22,7 @@ from scratchnet import checkpoint, data, nn
 from scratchnet.evaluate import evaluate
 from scratchnet.models import Net
 from scratchnet.optim import SGD
-from scratchnet.train import fit
+from scratchnet.training import fit
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH, EPOCHS, LOG_EVERY, SEED = 1000, 500, 4, 2, 50, 12
 
