@@ -21,7 +21,8 @@ import torchvision
 import torchvision.transforms as transforms
 
 from scratchnet import cli, plots, report, runs
-from scratchnet.data import CLASSES, DataError, read_split
+from scratchnet.data import CLASSES, read_split
+from scratchnet.download import DataError
 from scratchnet.files import atomic_open
 
 WEIGHTS_FILE = "cifar_net.pth"

@@ -13,7 +13,8 @@ import sys
 import numpy as np
 
 from scratchnet import backends, checkpoint, cli, report
-from scratchnet.data import CIFAR10, DataError, DataLoader
+from scratchnet.data import CIFAR10, DataLoader
+from scratchnet.download import DataError
 from scratchnet.models import Net, parameter_shapes
 from scratchnet.step import compile_forward
 

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 
 from scratchnet import backends, checkpoint, cli, nn, plots
-from scratchnet.data import CIFAR10, DataError, normalize
+from scratchnet.data import CIFAR10, normalize
+from scratchnet.download import DataError
 from scratchnet.evaluate import net_from_weights, recorded_data_root, weights_of
 
 FILES = ("filters.png", "feature_maps.png", "histograms.png")

@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 from scratchnet import backends, checkpoint, cli, distributed, nn, plots, random, report, resume, runs
-from scratchnet.data import CIFAR10, DataError, DataLoader, normalize
+from scratchnet.data import CIFAR10, DataLoader, normalize
+from scratchnet.download import DataError
 from scratchnet.evaluate import class_probabilities, evaluate
 from scratchnet.models import Net, parameter_shapes
 from scratchnet.optim import SGD

@@ -7,7 +7,7 @@ import tarfile
 
 import numpy as np
 
-from scratchnet import data
+from scratchnet import download
 
 
 def batch_bytes(images, labels, bytes_keys=False):
@@ -25,10 +25,10 @@ def write_fake_cifar(root, per_file=6, seed=0):
     Returns {file name: (uint8 images (n, 3, 32, 32), int64 labels)}.
     """
     rng = np.random.default_rng(seed)
-    folder = os.path.join(root, data.FOLDER)
+    folder = os.path.join(root, download.FOLDER)
     os.makedirs(folder, exist_ok=True)
     written = {}
-    for name in data.TRAIN_FILES + data.TEST_FILES:
+    for name in download.TRAIN_FILES + download.TEST_FILES:
         images = rng.integers(0, 256, size=(per_file, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_file)
         with open(os.path.join(folder, name), "wb") as file:
@@ -40,7 +40,7 @@ def write_fake_cifar(root, per_file=6, seed=0):
 def tar_folder(root, archive):
     """Pack ``root/cifar-10-batches-py`` into ``archive`` as the official .tar.gz is packed."""
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(os.path.join(root, data.FOLDER), arcname=data.FOLDER)
+        tar.add(os.path.join(root, download.FOLDER), arcname=download.FOLDER)
 
 
 def tar_with_member(archive, name, payload=b"x", kind=tarfile.REGTYPE, link=""):

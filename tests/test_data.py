@@ -13,7 +13,7 @@ import torchvision.transforms as transforms
 from PIL import Image
 
 from cifar_fakes import MarkerPayload, batch_bytes, tar_folder, tar_with_member, write_fake_cifar
-from scratchnet import backends, data, files, safe_pickle
+from scratchnet import backends, data, download, files, safe_pickle
 
 
 @pytest.fixture
@@ -25,8 +25,8 @@ def fake_root(tmp_path):
 def test_split_is_one_normalized_nchw_float32_array(fake_root):
     root, written = fake_root
     train = data.CIFAR10(root, train=True)
-    images = np.concatenate([written[name][0] for name in data.TRAIN_FILES])
-    labels = np.concatenate([written[name][1] for name in data.TRAIN_FILES])
+    images = np.concatenate([written[name][0] for name in download.TRAIN_FILES])
+    labels = np.concatenate([written[name][1] for name in download.TRAIN_FILES])
     assert train.data.shape == (len(images), 3, 32, 32) and train.data.dtype == np.float32
     assert train.data.flags.c_contiguous
     np.testing.assert_array_equal(train.targets, labels)
@@ -58,7 +58,7 @@ def test_limit_keeps_the_first_images_across_files(fake_root):
 def test_py2_style_bytes_keys_load_too(tmp_path):
     write_fake_cifar(tmp_path)
     images = np.zeros((2, 3, 32, 32), np.uint8)
-    with open(tmp_path / data.FOLDER / "test_batch", "wb") as file:
+    with open(tmp_path / download.FOLDER / "test_batch", "wb") as file:
         file.write(batch_bytes(images, [3, 4], bytes_keys=True))
     np.testing.assert_array_equal(data.CIFAR10(tmp_path, train=False).targets, [3, 4])
 
@@ -77,30 +77,30 @@ def test_the_notice_is_said_once_for_the_user_not_once_per_command(fake_root, ca
     monkeypatch.setenv(files.CACHE_ENV, str(tmp_path / "cache"))
 
     def notices_of_a_new_command():
-        monkeypatch.setattr(data, "_noticed_folders", set())  # what a new process starts with
+        monkeypatch.setattr(download, "_noticed_folders", set())  # what a new process starts with
         data.CIFAR10(root, train=False)
         return [line for line in capsys.readouterr().err.splitlines() if "not the official" in line]
 
     assert len(notices_of_a_new_command()) == 1
     assert notices_of_a_new_command() == []
-    changed = os.path.join(root, data.FOLDER, "test_batch")
+    changed = os.path.join(root, download.FOLDER, "test_batch")
     os.utime(changed, ns=(0, 0))  # files that changed since are checked, and said, again
     assert len(notices_of_a_new_command()) == 1
 
 
 def test_missing_data_says_where_and_which_flag(tmp_path):
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(download.DataError) as error:
         data.CIFAR10(tmp_path / "nowhere")
     message = str(error.value)
-    assert data.FOLDER in message and data.ARCHIVE in message and "--download" in message
+    assert download.FOLDER in message and download.ARCHIVE in message and "--download" in message
 
 
 def test_a_pickle_asking_for_code_is_refused_and_runs_nothing(fake_root):
     root, _ = fake_root
     marker = root / "code-ran"
-    path = root / data.FOLDER / "test_batch"
+    path = root / download.FOLDER / "test_batch"
     path.write_bytes(pickle.dumps({"data": MarkerPayload(str(marker)), "labels": []}, protocol=2))
-    with pytest.raises(data.DataError, match="refused to load posix.mkdir|refused to load os.mkdir") as error:
+    with pytest.raises(download.DataError, match="refused to load posix.mkdir|refused to load os.mkdir") as error:
         data.CIFAR10(root, train=False)
     assert str(path) in str(error.value)
     assert not marker.exists()
@@ -109,7 +109,7 @@ def test_a_pickle_asking_for_code_is_refused_and_runs_nothing(fake_root):
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "not a batch", "bad labels"])
 def test_a_damaged_batch_names_the_file(fake_root, damage):
     root, _ = fake_root
-    path = root / data.FOLDER / "data_batch_1"
+    path = root / download.FOLDER / "data_batch_1"
     content = path.read_bytes()
     path.write_bytes({
         "truncated": content[: len(content) // 2],
@@ -117,7 +117,7 @@ def test_a_damaged_batch_names_the_file(fake_root, damage):
         "not a batch": pickle.dumps({"labels": [1]}, protocol=2),
         "bad labels": batch_bytes(np.zeros((2, 3, 32, 32), np.uint8), [0, 10]),
     }[damage])
-    with pytest.raises(data.DataError, match=str(path)):
+    with pytest.raises(download.DataError, match=str(path)):
         data.CIFAR10(root, train=True)
 
 
@@ -148,10 +148,10 @@ def test_the_archive_is_extracted_when_the_folder_is_missing(tmp_path):
     written = write_fake_cifar(source)
     root = tmp_path / "root"
     root.mkdir()
-    tar_folder(source, root / data.ARCHIVE)
+    tar_folder(source, root / download.ARCHIVE)
     test = data.CIFAR10(root, train=False)
     np.testing.assert_array_equal(test.targets, written["test_batch"][1])
-    assert sorted(os.listdir(root)) == sorted([data.ARCHIVE, data.FOLDER])  # no staging left behind
+    assert sorted(os.listdir(root)) == sorted([download.ARCHIVE, download.FOLDER])  # no staging left behind
 
 
 @pytest.mark.parametrize("name, kind, link", [
@@ -163,10 +163,10 @@ def test_the_archive_is_extracted_when_the_folder_is_missing(tmp_path):
 def test_unsafe_archive_members_are_refused(tmp_path, name, kind, link):
     root = tmp_path / "root"
     root.mkdir()
-    tar_with_member(root / data.ARCHIVE, name, kind=kind, link=link)
-    with pytest.raises(data.DataError, match="refused member"):
+    tar_with_member(root / download.ARCHIVE, name, kind=kind, link=link)
+    with pytest.raises(download.DataError, match="refused member"):
         data.CIFAR10(root)
-    assert sorted(os.listdir(root)) == [data.ARCHIVE]
+    assert sorted(os.listdir(root)) == [download.ARCHIVE]
     assert not (tmp_path / "escaped").exists()
 
 
@@ -182,17 +182,17 @@ def test_download_verifies_md5_and_writes_atomically(tmp_path, monkeypatch):
     tar_folder(source, tmp_path / "served.tar.gz")
     payload = (tmp_path / "served.tar.gz").read_bytes()
     requested = []
-    monkeypatch.setattr(data.urllib.request, "urlopen",
+    monkeypatch.setattr(download.urllib.request, "urlopen",
                         lambda url, timeout: requested.append(url) or _FakeResponse(payload))
     root = tmp_path / "root"
-    archive = root / data.ARCHIVE
+    archive = root / download.ARCHIVE
 
-    with pytest.raises(data.DataError, match="MD5"):
-        data.fetch(str(archive), md5="0" * 32)
+    with pytest.raises(download.DataError, match="MD5"):
+        download.fetch(str(archive), md5="0" * 32)
     assert not root.exists() or os.listdir(root) == []  # nothing half-written is left
 
-    data.fetch(str(archive), md5=hashlib.md5(payload).hexdigest())
-    assert archive.read_bytes() == payload and requested == [data.URL, data.URL]
+    download.fetch(str(archive), md5=hashlib.md5(payload).hexdigest())
+    assert archive.read_bytes() == payload and requested == [download.URL, download.URL]
     np.testing.assert_array_equal(data.CIFAR10(root, train=False).targets, written["test_batch"][1])
 
 
@@ -200,11 +200,11 @@ def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
-    with pytest.raises(data.DataError) as error:
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
+    with pytest.raises(download.DataError) as error:
         data.CIFAR10(tmp_path, download=True)
     message = str(error.value)
-    assert data.URL in message and "by hand" in message and "--data" in message
+    assert download.URL in message and "by hand" in message and "--data" in message
     assert "Name or service not known" in message  # the network's own reason, not the archive's name
     assert os.listdir(tmp_path) == []
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cifar_fakes import batch_bytes, tar_folder, write_fake_cifar
-from scratchnet import checkpoint, data, evaluate, files, safe_pickle
+from scratchnet import checkpoint, data, download, evaluate, files, safe_pickle
 from scratchnet.models import Net
 from test_cli import assert_one_line_error, run_cli
 from test_resume import train_in_process
@@ -149,21 +149,21 @@ class _HugeEmpty:
 
 @pytest.mark.parametrize("payload", [_ZeroStrideImages, _HugeEmpty])
 def test_a_batch_asking_numpy_for_a_huge_array_is_refused_before_allocating(payload, fake_root):
-    path = fake_root / data.FOLDER / "test_batch"
+    path = fake_root / download.FOLDER / "test_batch"
     path.write_bytes(pickle.dumps({"data": payload(), "labels": [0] * 500_000}, protocol=2))
     assert path.stat().st_size < 2**21
     raised, peak = peak_allocation(data.CIFAR10, fake_root, False)
-    assert isinstance(raised, data.DataError) and "refused to call numpy.ndarray directly" in str(raised)
+    assert isinstance(raised, download.DataError) and "refused to call numpy.ndarray directly" in str(raised)
     assert str(path) in str(raised) and peak < 3 * SMALL_ALLOCATION  # reading the 1 MB file itself is allowed
 
 
 def test_nested_labels_are_refused_by_every_reader(fake_root, tmp_path):
-    path = fake_root / data.FOLDER / "test_batch"
+    path = fake_root / download.FOLDER / "test_batch"
     images = np.zeros((3, 3, 32, 32), np.uint8)
     batch = pickle.loads(batch_bytes(images, [3, 8, 8]))
     batch["labels"] = [[3], [8], [8]]
     path.write_bytes(pickle.dumps(batch, protocol=2))
-    with pytest.raises(data.DataError, match="label 0 is a list, not an integer class index"):
+    with pytest.raises(download.DataError, match="label 0 is a list, not an integer class index"):
         data.read_split(fake_root, train=False)  # what the reference reads through too
     code, stdout, stderr = train_in_process("--backend", "numpy", "--data", fake_root, "--out", tmp_path / "run")
     assert_one_line(code, stderr, str(path), "label 0 is a list")
@@ -174,7 +174,7 @@ def test_nested_labels_are_refused_by_every_reader(fake_root, tmp_path):
 
 
 def test_an_empty_test_batch_is_refused_before_training(fake_root, tmp_path):
-    path = fake_root / data.FOLDER / "test_batch"
+    path = fake_root / download.FOLDER / "test_batch"
     path.write_bytes(pickle.dumps({"data": np.zeros((0, 3072), np.uint8), "labels": []}, protocol=2))
     code, stdout, stderr = train_in_process("--backend", "numpy", "--data", fake_root, "--out", tmp_path / "run")
     assert_one_line(code, stderr, str(path), "holds no images")
@@ -182,8 +182,8 @@ def test_an_empty_test_batch_is_refused_before_training(fake_root, tmp_path):
 
 
 def test_a_missing_batch_file_is_named(fake_root):
-    os.remove(fake_root / data.FOLDER / "data_batch_5")
-    with pytest.raises(data.DataError, match="is incomplete: data_batch_5 missing"):
+    os.remove(fake_root / download.FOLDER / "data_batch_5")
+    with pytest.raises(download.DataError, match="is incomplete: data_batch_5 missing"):
         data.CIFAR10(fake_root)
 
 
@@ -191,13 +191,13 @@ def test_a_read_only_folder_holding_only_the_archive_says_so(tmp_path, monkeypat
     write_fake_cifar(tmp_path / "source")
     root = tmp_path / "root"
     root.mkdir()
-    tar_folder(tmp_path / "source", root / data.ARCHIVE)
+    tar_folder(tmp_path / "source", root / download.ARCHIVE)
 
     def read_only(*args, **kwargs):  # what a read-only mount answers (root ignores permission bits)
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(data.tempfile, "mkdtemp", read_only)
-    with pytest.raises(data.DataError, match=f"cannot extract .*: {root} is not writable .Read-only file system"):
+    monkeypatch.setattr(download.tempfile, "mkdtemp", read_only)
+    with pytest.raises(download.DataError, match=f"cannot extract .*: {root} is not writable .Read-only file system"):
         data.CIFAR10(root, train=False)
 
 
