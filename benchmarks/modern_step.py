@@ -10,14 +10,13 @@ figures are medians. The last line printed is the batch's numba/PyTorch ratio (e
 """
 
 import argparse
-import multiprocessing
 import statistics
 
 import numba
 import numpy as np
 import torch
 
-from benchmarks.train_step import images_per_second, machine
+from benchmarks.train_step import machine, sample_contenders
 from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.step import compile_step
@@ -71,39 +70,6 @@ CONTENDERS = {
 }
 
 
-def _worker(name, batch_size, connection):
-    """One contender in its own process, so thread pools of different libraries never spin against each other."""
-    step = CONTENDERS[name](batch_size)
-    images_per_second(step, batch_size, 1.0)  # warm up: JIT, allocator, caches
-    connection.send("ready")
-    while (seconds := connection.recv()) is not None:
-        connection.send(images_per_second(step, batch_size, seconds))
-
-
-def measure(batch_size, repeats, seconds):
-    """{contender: [images/s per repeat]}, every contender timed once per repeat, in turn."""
-    context = multiprocessing.get_context("spawn")
-    workers = {}
-    for name in CONTENDERS:
-        parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(name, batch_size, child), daemon=True)
-        process.start()
-        workers[name] = (process, parent)
-    try:
-        for _, connection in workers.values():
-            connection.recv()
-        runs = {name: [] for name in workers}
-        for _ in range(repeats):
-            for name, (_, connection) in workers.items():
-                connection.send(seconds)
-                runs[name].append(connection.recv())
-    finally:
-        for process, connection in workers.values():
-            connection.send(None)
-            process.join()
-    return runs
-
-
 def profile(batch_size, steps=3):
     """Seconds per step in each layer's forward and backward on numba (eager layer by layer, after a warm-up)."""
     import time
@@ -146,7 +112,9 @@ def main(argv=None):
     results = {"machine": machine(), "network": f"conv-BN-GELU-pool x {WIDTHS}, adaptive pool, dropout, linear",
                "batches": {}}
     for batch_size in args.batch_sizes:
-        runs = measure(batch_size, args.repeats, args.seconds)
+        runs, unavailable = sample_contenders(__spec__.name, CONTENDERS, batch_size, args.repeats, args.seconds)
+        if unavailable:
+            raise SystemExit(f"batch {batch_size}: a contender could not run: {unavailable}")
         medians = {name: statistics.median(values) for name, values in runs.items()}
         best_numba = max(medians["numba-1thread"], medians["numba-2threads"])
         best_torch = max(medians["torch-1thread"], medians["torch-2threads"])

@@ -17,6 +17,7 @@ batch-4 numba/PyTorch ratio.
 """
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import platform
@@ -141,13 +142,12 @@ def images_per_second(step, batch_size, seconds):
             return steps * batch_size / elapsed
 
 
-def _worker(name, batch_size, connection):
-    """One contender in its own process: thread pools of different libraries never spin against each other.
-
-    A contender that cannot run here (JAX not installed, no compiler for inductor) says why instead.
-    """
+def _worker(module, name, batch_size, connection):
+    """One contender of ``module``'s ``CONTENDERS`` in its own process: thread pools of different libraries
+    never spin against each other. A contender that cannot run here (JAX not installed, no compiler for
+    inductor) says why instead."""
     try:
-        step = CONTENDERS[name](batch_size)
+        step = importlib.import_module(module).CONTENDERS[name](batch_size)
         images_per_second(step, batch_size, 0.3)  # warm up: JIT, allocator, caches
     except Exception as exc:  # noqa: BLE001 - any failure of an optional contender is reported, not fatal
         connection.send(f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -157,12 +157,14 @@ def _worker(name, batch_size, connection):
         connection.send(images_per_second(step, batch_size, seconds))
 
 
-def measure_batch(batch_size, repeats, seconds):
+def sample_contenders(module, names, batch_size, repeats, seconds):
+    """({contender: [images/s, one per repeat]}, {contender: why it could not run}) for ``names`` of
+    ``module``'s ``CONTENDERS``, each in its own process, every repeat timing each once, in turn."""
     context = multiprocessing.get_context("spawn")
     workers = {}
-    for name in CONTENDERS:
+    for name in names:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(name, batch_size, child), daemon=True)
+        process = context.Process(target=_worker, args=(module, name, batch_size, child), daemon=True)
         process.start()
         workers[name] = (process, parent)
     try:
@@ -182,6 +184,11 @@ def measure_batch(batch_size, repeats, seconds):
         for process, connection in workers.values():
             connection.send(None)
             process.join()
+    return samples, unavailable
+
+
+def measure_batch(batch_size, repeats, seconds):
+    samples, unavailable = sample_contenders(__spec__.name, CONTENDERS, batch_size, repeats, seconds)
     medians = {name: statistics.median(values) for name, values in samples.items()}
     best = lambda names: max((n for n in names if n in medians), key=medians.get, default=None)  # noqa: E731
     torch_best, compiled_best = best(EAGER), best(COMPILED)
@@ -190,7 +197,7 @@ def measure_batch(batch_size, repeats, seconds):
         raise SystemExit(f"batch {batch_size}: a required contender could not run: {unavailable}")
     row = {
         "batch_size": batch_size,
-        "images_per_second": {name: {"median": medians[name], "samples": samples[name]} for name in workers},
+        "images_per_second": {name: {"median": medians[name], "samples": samples[name]} for name in samples},
         "unavailable": unavailable,
         "torch_best": torch_best,
         "compiled_best": compiled_best,

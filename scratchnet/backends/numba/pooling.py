@@ -131,6 +131,16 @@ def _avg_divisor(inside, padded, count_include_pad, divisor_override):
 
 
 @njit(cache=True)
+def _window_sum(x, p, top, bottom, left, right):
+    """The sum of plane ``p``'s rows [top, bottom) x columns [left, right), row by row (as the CUDA kernels)."""
+    total = x.dtype.type(0)
+    for iy in range(top, bottom):
+        for ix in range(left, right):
+            total += x[p, iy, ix]
+    return total
+
+
+@njit(cache=True)
 def avg_pool2d_forward(x, y, stride_h, stride_w, pad_h, pad_w, kernel_h, kernel_w, count_include_pad,
                        divisor_override):
     planes, h, w = x.shape
@@ -142,11 +152,7 @@ def avg_pool2d_forward(x, y, stride_h, stride_w, pad_h, pad_w, kernel_h, kernel_
                 if top >= bottom or left >= right:
                     y[p, row, col] = 0
                     continue
-                total = x.dtype.type(0)
-                for iy in range(top, bottom):
-                    for ix in range(left, right):
-                        total += x[p, iy, ix]
-                y[p, row, col] = total / x.dtype.type(
+                y[p, row, col] = _window_sum(x, p, top, bottom, left, right) / x.dtype.type(
                     _avg_divisor((bottom - top) * (right - left), rows * cols, count_include_pad, divisor_override))
 
 
@@ -195,11 +201,8 @@ def adaptive_pool2d_forward(x, y, indices, take_max):
                                 best, best_at = v, iy * w + ix
                     y[p, row, col], indices[p, row, col] = best, best_at
                 else:
-                    total = x.dtype.type(0)
-                    for iy in range(top, bottom):
-                        for ix in range(left, right):
-                            total += x[p, iy, ix]
-                    y[p, row, col] = total / x.dtype.type((bottom - top) * (right - left))
+                    y[p, row, col] = _window_sum(x, p, top, bottom, left, right) / x.dtype.type(
+                        (bottom - top) * (right - left))
 
 
 @njit(cache=True)

@@ -122,6 +122,16 @@ __device__ inline int avg_window(int index, int stride, int pad, int kernel, int
     return stop - start;
 }
 
+// The sum of plane rows [top, bottom) x columns [left, right), row by row.
+template <typename real>
+__device__ real plane_window_sum(const real* plane, int w, int top, int bottom, int left, int right)
+{
+    real sum = 0;
+    for (int iy = top; iy < bottom; ++iy)
+        for (int ix = left; ix < right; ++ix) sum += plane[iy * w + ix];
+    return sum;
+}
+
 template <typename real>
 __global__ void avg_pool2d_forward(
     const real* __restrict__ x, real* __restrict__ y, long long planes, int h, int w, int oh, int ow,
@@ -134,10 +144,7 @@ __global__ void avg_pool2d_forward(
         const int padded_rows = avg_window(out.row, stride_h, pad_h, kernel_h, h, &top, &bottom);
         const int padded_cols = avg_window(out.col, stride_w, pad_w, kernel_w, w, &left, &right);
         if (top >= bottom || left >= right) { y[i] = 0; continue; }
-        const real* plane = x + out.plane * h * w;
-        real sum = 0;
-        for (int iy = top; iy < bottom; ++iy)
-            for (int ix = left; ix < right; ++ix) sum += plane[iy * w + ix];
+        const real sum = plane_window_sum(x + out.plane * h * w, w, top, bottom, left, right);
         const int divisor = divisor_override ? divisor_override
                           : count_include_pad ? padded_rows * padded_cols : (bottom - top) * (right - left);
         y[i] = sum / (real)divisor;
@@ -190,11 +197,8 @@ __global__ void adaptive_avg_pool2d_forward(const real* __restrict__ x, real* __
         const PlaneIndex out(i, oh, ow);
         const int top = adaptive_first(out.row, h, oh), bottom = adaptive_end(out.row, h, oh);
         const int left = adaptive_first(out.col, w, ow), right = adaptive_end(out.col, w, ow);
-        const real* plane = x + out.plane * h * w;
-        real sum = 0;
-        for (int iy = top; iy < bottom; ++iy)
-            for (int ix = left; ix < right; ++ix) sum += plane[iy * w + ix];
-        y[i] = sum / (real)((bottom - top) * (right - left));
+        y[i] = plane_window_sum(x + out.plane * h * w, w, top, bottom, left, right)
+             / (real)((bottom - top) * (right - left));
     }
 }
 
