@@ -165,7 +165,10 @@ class CapturedStep:
         self._warmed_up = False
         # An update whose scalars change every step (Adam's bias corrections) would replay the recorded ones.
         self._capturable = getattr(getattr(step, "optimizer", None), "replayable", True)
-        self._model = getattr(step, "model", None)
+        # The layers whose replay depends on their mode (dropout in training): checked before each step.
+        model = getattr(step, "model", None)
+        self._mode_dependent = [] if model is None else [
+            module for module in model.modules() if hasattr(type(module), "replayable")]
         self._graph = None
 
     def __call__(self, images, labels):
@@ -188,7 +191,7 @@ class CapturedStep:
 
     def _model_replayable(self):
         """Whether no layer draws on the host what each step must change (dropout's masks in training)."""
-        return self._model is None or all(getattr(module, "replayable", True) for module in self._model.modules())
+        return all(module.replayable for module in self._mode_dependent)
 
     def _on_device(self, images, labels):
         return self._backend.owns(images) and self._backend.owns(labels)

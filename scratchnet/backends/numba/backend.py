@@ -225,21 +225,21 @@ class NumbaBackend(NumpyBackend):
     def activation_forward(self, x, kind, alpha=0.0):
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        activations.activation_forward.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), y.reshape(-1),
+        activations.activation_forward.run(_threaded_for(x), x.reshape(-1), y.reshape(-1),
                                            ACTIVATIONS.index(kind), alpha)
         return y
 
     def activation_backward(self, grad_y, x, y, kind, alpha=0.0):
         grad_y, x, y = (np.ascontiguousarray(a) for a in (grad_y, x, y))
         grad_x = np.empty_like(grad_y)
-        activations.activation_backward.run(threaded(x.shape[0] if x.ndim else 1), grad_y.reshape(-1), x.reshape(-1),
+        activations.activation_backward.run(_threaded_for(x), grad_y.reshape(-1), x.reshape(-1),
                                             y.reshape(-1), grad_x.reshape(-1), ACTIVATIONS.index(kind), alpha)
         return grad_x
 
     def dropout_forward(self, x, keep, scale):
         x, keep = np.ascontiguousarray(x), np.ascontiguousarray(keep)
         y = np.empty_like(x)
-        activations.dropout_apply.run(threaded(x.shape[0] if x.ndim else 1), x.reshape(-1), keep.reshape(-1),
+        activations.dropout_apply.run(_threaded_for(x), x.reshape(-1), keep.reshape(-1),
                                       y.reshape(-1), x.dtype.type(scale))
         return y
 
@@ -381,3 +381,8 @@ def _linear_gradients(x, weight, relu_y, grad_y, grad_weight, grad_bias, need_in
                          np.ascontiguousarray(grad_y), need_input_grad, grad_x, grad_weight,
                          spare_grad_bias if grad_bias is None else grad_bias)
     return grad_x if need_input_grad else None
+
+
+def _threaded_for(x):
+    """Whether an element-wise kernel splits over the cores: by the batch, as every other kernel decides."""
+    return threaded(x.shape[0] if x.ndim else 1)

@@ -122,6 +122,12 @@ __device__ inline int avg_window(int index, int stride, int pad, int kernel, int
     return stop - start;
 }
 
+// What a window's sum is divided by: the override, the window clipped to the padded input, or its part inside.
+__device__ inline int avg_divisor(int inside, int padded, int count_include_pad, int divisor_override)
+{
+    return divisor_override ? divisor_override : count_include_pad ? padded : inside;
+}
+
 // The sum of plane rows [top, bottom) x columns [left, right), row by row.
 template <typename real>
 __device__ real plane_window_sum(const real* plane, int w, int top, int bottom, int left, int right)
@@ -145,9 +151,8 @@ __global__ void avg_pool2d_forward(
         const int padded_cols = avg_window(out.col, stride_w, pad_w, kernel_w, w, &left, &right);
         if (top >= bottom || left >= right) { y[i] = 0; continue; }
         const real sum = plane_window_sum(x + out.plane * h * w, w, top, bottom, left, right);
-        const int divisor = divisor_override ? divisor_override
-                          : count_include_pad ? padded_rows * padded_cols : (bottom - top) * (right - left);
-        y[i] = sum / (real)divisor;
+        y[i] = sum / (real)avg_divisor((bottom - top) * (right - left), padded_rows * padded_cols,
+                                       count_include_pad, divisor_override);
     }
 }
 
@@ -172,9 +177,9 @@ __global__ void avg_pool2d_backward(
             const int padded_rows = avg_window(row, stride_h, pad_h, kernel_h, h, &top, &bottom);
             for (int col = col_lo; col <= col_hi; ++col) {
                 const int padded_cols = avg_window(col, stride_w, pad_w, kernel_w, w, &left, &right);
-                const int divisor = divisor_override ? divisor_override
-                                  : count_include_pad ? padded_rows * padded_cols : (bottom - top) * (right - left);
-                acc += grads[row * ow + col] / (real)divisor;
+                acc += grads[row * ow + col] / (real)avg_divisor((bottom - top) * (right - left),
+                                                                 padded_rows * padded_cols, count_include_pad,
+                                                                 divisor_override);
             }
         }
         grad_x[i] = acc;
