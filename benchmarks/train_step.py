@@ -17,6 +17,7 @@ batch-4 numba/PyTorch ratio.
 """
 
 import argparse
+import contextlib
 import importlib
 import multiprocessing
 import os
@@ -142,12 +143,12 @@ def images_per_second(step, batch_size, seconds):
             return steps * batch_size / elapsed
 
 
-def _worker(module, name, batch_size, connection):
+def _worker(module, name, batch_size, options, connection):
     """One contender of ``module``'s ``CONTENDERS`` in its own process: thread pools of different libraries
     never spin against each other. A contender that cannot run here (JAX not installed, no compiler for
     inductor) says why instead."""
     try:
-        step = importlib.import_module(module).CONTENDERS[name](batch_size)
+        step = importlib.import_module(module).CONTENDERS[name](batch_size, **options)
         images_per_second(step, batch_size, 0.3)  # warm up: JIT, allocator, caches
     except Exception as exc:  # noqa: BLE001 - any failure of an optional contender is reported, not fatal
         connection.send(f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -157,15 +158,33 @@ def _worker(module, name, batch_size, connection):
         connection.send(images_per_second(step, batch_size, seconds))
 
 
-def sample_contenders(module, names, batch_size, repeats, seconds):
+@contextlib.contextmanager
+def _environment(variables):
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+
+
+def sample_contenders(module, names, batch_size, repeats, seconds, **options):
     """({contender: [images/s, one per repeat]}, {contender: why it could not run}) for ``names`` of
-    ``module``'s ``CONTENDERS``, each in its own process, every repeat timing each once, in turn."""
+    ``module``'s ``CONTENDERS`` (each made as ``CONTENDERS[name](batch_size, **options)``, in a process started
+    with the variables of ``CONTENDER_ENVIRONMENT[name]`` when the module has them), each in its own process,
+    every repeat timing each once, in turn."""
     context = multiprocessing.get_context("spawn")
+    environments = getattr(importlib.import_module(module), "CONTENDER_ENVIRONMENT", {})
     workers = {}
     for name in names:
         parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(module, name, batch_size, child), daemon=True)
-        process.start()
+        process = context.Process(target=_worker, args=(module, name, batch_size, options, child), daemon=True)
+        with _environment(environments.get(name, {})):  # read as the process starts: BLAS threads, say
+            process.start()
         workers[name] = (process, parent)
     try:
         unavailable = {}

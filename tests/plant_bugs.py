@@ -1,5 +1,5 @@
-"""Plants realistic bugs in the CUDA sources and the cupy backend's glue, one at a time, and checks that
-the test suite, on the emulated device, catches each one.
+"""Plants realistic bugs in the CUDA sources, the cupy backend's glue and the numba backend's matrix-product
+convolutions, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
 
     python tests/plant_bugs.py [NAME ...]
 
@@ -20,7 +20,10 @@ BACKEND = "scratchnet/backends/cupy/backend.py"
 OPS = ["tests/test_ops.py", "tests/test_conv2d_features.py", "tests/test_max_pool2d_features.py",
        "tests/test_linear_relu_features.py", "tests/test_cross_entropy_features.py", "tests/test_cupy_backend.py"]
 
-# name: (file, text, replacement, tests)
+GEMM_CONV = "scratchnet/backends/numba/gemm_conv.py"
+WIDE = ["tests/test_wide_conv.py"]
+
+# name: (file, text, replacement, tests[, the tests' -k selection: the cupy ones unless given])
 BUGS = {
     "conv forward: off-by-one in the column bound": (
         KERNELS + "conv.cu", "if (ix < 0 || ix >= w) continue;\n                acc += plane[(long long)iy * w + ix]",
@@ -70,11 +73,20 @@ BUGS = {
     "graph replay: the new batch's labels not copied in": (
         "scratchnet/step.py", "        xp.copyto(self._labels, labels)\n", "",
         ["tests/test_cupy_backend.py", "tests/test_compile_step.py"]),
+    "GEMM conv: the packed weights' tap rows and columns swapped": (
+        GEMM_CONV, "= weight.transpose(0, 2, 3, 1)", "= weight.transpose(0, 3, 2, 1)", WIDE, "gemm"),
+    "GEMM conv: the bias's row of ones left at zero": (
+        GEMM_CONV, "self.cols[size] = 1", "self.cols[size] = 0", WIDE, "gemm"),
+    "GEMM conv: the planes' gradient misses its last tap row": (
+        GEMM_CONV, "        for i in range(kh):\n            add(", "        for i in range(kh - 1):\n            add(", WIDE,
+        "gemm"),
+    "GEMM conv: every group's weight gradient but the first dropped": (
+        GEMM_CONV, "self.grad_sum += self.grad_part", "pass", WIDE, "gemm"),
 }
 
 
 def plant_and_test(name):
-    path, text, replacement, tests = BUGS[name]
+    path, text, replacement, tests, *selection = BUGS[name]
     file = REPO / path
     original = file.read_text()
     if original.count(text) != 1:
@@ -82,7 +94,8 @@ def plant_and_test(name):
     try:
         file.write_text(original.replace(text, replacement))
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", "cupy or sanitizer", *tests],
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k",
+             selection[0] if selection else "cupy or sanitizer", *tests],
             cwd=REPO, capture_output=True, text=True, env={**os.environ, "SCRATCHNET_CUDA_EMULATOR": "1"})
     finally:
         file.write_text(original)

@@ -97,7 +97,7 @@ def test_the_first_stage_computes_no_input_gradient():
     for batch in _batches([4, 4], np.float32):  # the first step shows the shapes, the second uses the workspaces
         step(*batch)
     first, second = next(iter(step._workspaces.values()))[:2]
-    assert first.grad_x is None and second.grad_x is not None
+    assert first.conv.grad_x is None and second.conv.grad_x is not None
 
 
 def test_other_losses_and_ignored_labels_give_the_same_results():

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 
 from scratchnet.backends.base import ACTIVATIONS
-from scratchnet.backends.numba import activations, adam, conv, dense, general, layout, loss_sgd, norm, pooling, workspaces
+from scratchnet.backends.numba import activations, adam, dense, general, layout, loss_sgd, norm, pooling, workspaces
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.backends.numba.loss_sgd import is_mean_loss
 from scratchnet.backends.numpy_backend import NumpyBackend
@@ -67,8 +67,8 @@ class NumbaBackend(NumpyBackend):
                                        _bias_or_empty(bias, weight),
                                        *_general_conv_geometry(stride, padding, dilation, groups), y)
             return y
-        work = workspaces.ShiftedConv(x.shape, weight.shape, x.dtype, plain_padding)
-        _shifted_forward(work, x, weight, bias)
+        work = workspaces.conv_workspace(x.shape, weight.shape, x.dtype, plain_padding)
+        work.forward(x, weight, bias)
         y = np.empty((x.shape[0], weight.shape[0]) + work.geometry.out_hw, dtype=x.dtype)
         work.from_rows(work.rows, y)
         return y
@@ -89,10 +89,10 @@ class NumbaBackend(NumpyBackend):
             grad_x = np.empty_like(x)
             general.conv2d_grad_input.run(parallel, weight, grad_y, *conv_geometry, grad_x)
             return grad_x
-        work = workspaces.ShiftedConv(x.shape, weight.shape, x.dtype, plain_padding)
+        work = workspaces.conv_workspace(x.shape, weight.shape, x.dtype, plain_padding)
         layout.grad_rows_from_conv(grad_y, work.backward_buffers(need_input_grad))
-        work.to_planes(x, work.geometry.padding, work.planes)
-        return _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad)
+        work.lay_out(x)
+        return work.backward(weight, grad_weight, grad_bias, need_input_grad)
 
     def conv2d_relu_max_pool2d_forward(self, x, weight, bias, stride, padding, pool_kernel, pool_stride,
                                        workspace=None):
@@ -100,12 +100,12 @@ class NumbaBackend(NumpyBackend):
             return super().conv2d_relu_max_pool2d_forward(x, weight, bias, stride, padding, pool_kernel, pool_stride)
         x = np.ascontiguousarray(x)
         work = workspace or workspaces.ConvReLUPool(x.shape, weight.shape, x.dtype, padding, pool_kernel, pool_stride)
-        _shifted_forward(work, x, weight, bias)
-        out_w = work.geometry.out_hw[1]
+        work.conv.forward(x, weight, bias)
+        rows, out_w = work.conv.rows, work.conv.geometry.out_hw[1]
         if work.pool_2x2:
-            work.pool(work.rows, out_w, work.y, work.indices)
+            work.pool(rows, out_w, work.y, work.indices)
         else:
-            work.pool(work.rows, out_w, pool_kernel, pool_stride, work.y, work.indices)
+            work.pool(rows, out_w, pool_kernel, pool_stride, work.y, work.indices)
         return work.y, work  # the workspace keeps what the backward needs: the planes, the pooled output, the argmax
 
     def conv2d_relu_max_pool2d_backward(self, x, weight, saved, grad_y, stride, padding, pool_kernel, pool_stride,
@@ -115,8 +115,8 @@ class NumbaBackend(NumpyBackend):
                                                            pool_stride, grad_weight, grad_bias, need_input_grad)
         work = saved
         pooling.grad_rows_from_pool(np.ascontiguousarray(grad_y), work.y, work.indices,
-                                    work.backward_buffers(need_input_grad))
-        return _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad)
+                                    work.conv.backward_buffers(need_input_grad))
+        return work.conv.backward(weight, grad_weight, grad_bias, need_input_grad)
 
     # ---- max-pool --------------------------------------------------------------
 
@@ -343,27 +343,6 @@ def _general_conv_geometry(stride, padding, dilation, groups):
     """The general kernels' geometry arguments: the padding as its top and left offsets (the
     output's shape carries the rest)."""
     return (*stride, padding[0][0], padding[1][0], *dilation, groups)
-
-
-def _shifted_forward(work, x, weight, bias):
-    """The convolution of C-ordered ``x`` into ``work.rows``, through the shifted planes it keeps in ``work.planes``."""
-    work.to_planes(x, work.geometry.padding, work.planes)
-    work.forward_rows(work.planes, weight, work.zero_bias if bias is None else bias, work.geometry.span, work.rows)
-
-
-def _shifted_backward(work, weight, grad_weight, grad_bias, need_input_grad):
-    """Gradients from ``work.grad_rows``, the output gradient laid out as the forward's rows, and the planes
-    of the input: the parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
-    geometry = work.geometry
-    work.grad_weight_parts(work.planes, work.grad_rows, geometry.span, work.partial)
-    conv.add_sum_leading(work.partial, grad_weight)
-    if grad_bias is not None:
-        conv.add_row_sums(work.grad_rows, grad_bias)
-    if not need_input_grad:
-        return None
-    work.grad_input_planes(work.grad_rows, weight, geometry.span, work.grad_planes)
-    work.from_planes(work.grad_planes, geometry.padding, work.grad_x)
-    return work.grad_x
 
 
 def _linear(x, weight, bias, relu, workspace):

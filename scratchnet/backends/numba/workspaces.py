@@ -11,7 +11,7 @@ Each workspace picks the serial or the threaded twin of its kernels once, by bat
 
 import numpy as np
 
-from scratchnet.backends.numba import conv, dense, layout, pooling
+from scratchnet.backends.numba import conv, dense, gemm_conv, layout, pooling
 from scratchnet.backends.numba.jit import threaded
 from scratchnet.geometry import conv_output_size
 
@@ -21,22 +21,47 @@ def _pick(twin, parallel):
 
 
 class ShiftedConv:
-    """A stride-1 convolution of (N, C, H, W) inputs on shifted planes (``layout``); the buffers of the
-    backward are made on its first call."""
+    """A stride-1 convolution of (N, C, H, W) inputs on shifted planes (``layout``): the input's planes and the
+    output's rows (``forward``), and from the output gradient laid out as rows the gradients (``backward``); the
+    buffers of the backward are made on its first call."""
 
     def __init__(self, x_shape, weight_shape, dtype, padding):
         geometry = self.geometry = layout.ShiftedGeometry(x_shape, weight_shape, padding)
         self.dtype, parallel = dtype, threaded(x_shape[0])
         self.to_planes = _pick(layout.to_shifted_planes, parallel)
-        self.forward_rows = _pick(conv.shifted_forward, parallel)
         self.from_rows = _pick(layout.from_rows, parallel)
+        self.from_planes = _pick(layout.from_shifted_planes, parallel)
+        self.forward_rows = _pick(conv.shifted_forward, parallel)
         self.grad_weight_parts = _pick(conv.shifted_grad_weight, parallel)
         self.grad_input_planes = _pick(conv.shifted_grad_input, parallel)
-        self.from_planes = _pick(layout.from_shifted_planes, parallel)
         self.planes = np.empty(geometry.planes_shape, dtype)
         self.rows = np.empty(geometry.rows_shape, dtype)
         self.zero_bias = np.zeros(weight_shape[0], dtype)  # for a convolution without bias
         self.grad_rows = self.grad_x = None
+
+    def lay_out(self, x):
+        """The shifted planes of C-ordered ``x``: what the forward and the backward read."""
+        self.to_planes(x, self.geometry.padding, self.planes)
+
+    def forward(self, x, weight, bias):
+        """The convolution of C-ordered ``x`` into ``self.rows``, keeping the input's planes for the backward."""
+        self.lay_out(x)
+        self.forward_rows(self.planes, weight, self.zero_bias if bias is None else bias, self.geometry.span,
+                          self.rows)
+
+    def backward(self, weight, grad_weight, grad_bias, need_input_grad):
+        """Gradients from ``self.grad_rows`` (the output gradient laid out as the rows) and the planes: the
+        parameter gradients added into ``grad_weight`` / ``grad_bias``; grad_x (or None) returned."""
+        geometry = self.geometry
+        self.grad_weight_parts(self.planes, self.grad_rows, geometry.span, self.partial)
+        conv.add_sum_leading(self.partial, grad_weight)
+        if grad_bias is not None:
+            conv.add_row_sums(self.grad_rows, grad_bias)
+        if not need_input_grad:
+            return None
+        self.grad_input_planes(self.grad_rows, weight, geometry.span, self.grad_planes)
+        self.from_planes(self.grad_planes, geometry.padding, self.grad_x)
+        return self.grad_x
 
     def backward_buffers(self, need_input_grad):
         """The backward's buffers, made on first need: grad_rows and the weight gradient's parts, and with
@@ -44,19 +69,53 @@ class ShiftedConv:
         geometry = self.geometry
         if self.grad_rows is None:
             self.grad_rows = np.empty(geometry.rows_shape, self.dtype)
-            self.partial = np.empty(geometry.partial_shape, self.dtype)
+            self.partial = self._weight_gradient_buffer()
         if need_input_grad and self.grad_x is None:
             self.grad_planes = np.empty_like(self.planes)
             self.grad_x = np.empty(geometry.x_shape, self.dtype)
         return self.grad_rows
 
+    def _weight_gradient_buffer(self):
+        return np.empty(self.geometry.partial_shape, self.dtype)
 
-class ConvReLUPool(ShiftedConv):
-    """``conv2d_relu_max_pool2d`` at stride 1: the convolution's workspace, and the pooled output and argmax."""
+
+class GemmConv(ShiftedConv):
+    """The same convolution as matrix products (``gemm_conv``): the layout and the rows are the shifted
+    route's, so every op around a convolution works on either."""
+
+    def __init__(self, x_shape, weight_shape, dtype, padding):
+        super().__init__(x_shape, weight_shape, dtype, padding)
+        self.matrices = gemm_conv.Matrices(self.geometry, weight_shape, dtype)
+
+    def forward(self, x, weight, bias):
+        self.lay_out(x)
+        self.matrices.forward(self.planes, weight, bias, self.rows)
+
+    def backward(self, weight, grad_weight, grad_bias, need_input_grad):
+        self.matrices.backward(self.planes, weight, self.grad_rows, grad_weight, grad_bias,
+                               self.grad_planes if need_input_grad else None)
+        if not need_input_grad:
+            return None
+        self.from_planes(self.grad_planes, self.geometry.padding, self.grad_x)
+        return self.grad_x
+
+    def _weight_gradient_buffer(self):
+        return None  # the matrices keep their own
+
+
+def conv_workspace(x_shape, weight_shape, dtype, padding):
+    """The workspace of a stride-1 convolution, on the route that runs it faster (``gemm_conv.wins``)."""
+    route = GemmConv if gemm_conv.wins(x_shape, weight_shape) else ShiftedConv
+    return route(x_shape, weight_shape, dtype, padding)
+
+
+class ConvReLUPool:
+    """``conv2d_relu_max_pool2d`` at stride 1: the convolution's workspace (``conv``), and the pooled output and
+    argmax."""
 
     def __init__(self, x_shape, weight_shape, dtype, padding, pool_kernel, pool_stride):
-        super().__init__(x_shape, weight_shape, dtype, padding)
-        out_h, out_w = self.geometry.out_hw
+        self.conv = conv_workspace(x_shape, weight_shape, dtype, padding)
+        out_h, out_w = self.conv.geometry.out_hw
         shape = (x_shape[0], weight_shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
                  conv_output_size(out_w, pool_kernel, pool_stride))
         self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int64)

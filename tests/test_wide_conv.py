@@ -1,0 +1,199 @@
+"""The numba backend's two convolution routes: shifted planes (narrow layers) and matrix products (wide ones).
+
+Both routes against torch autograd, forward and backward, alone and inside the fused conv + ReLU + max-pool,
+on one and on several threads (batches from 12 on thread); the matrix-product route repeating bit for bit; the
+route each of the tutorial's layers takes; and whole training steps of a wide
+Net against torch.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import TOLERANCE, relative_error
+from reference.tutorial import Net as TorchNet
+from scratchnet import backends, nn, optim
+from scratchnet.backends.numba import gemm_conv
+from scratchnet.models import Net, layout
+from scratchnet.step import compile_step
+
+DTYPES = [np.float32, np.float64]
+CASES = 10
+
+
+@pytest.fixture(params=["shifted", "gemm"])
+def route(request, monkeypatch):
+    """Every stride-1 convolution on one route, whatever its width."""
+    wide = request.param == "gemm"
+    monkeypatch.setattr(gemm_conv, "wins", lambda x_shape, weight_shape: wide)
+    return request.param
+
+
+def conv_case(index):
+    """Random stride-1 convolutions; batches up to 17, so that groups of several sizes and the threaded kernels
+    both run."""
+    rng = np.random.default_rng([404, index])
+    k = int(rng.integers(1, 6))
+    return dict(n=int(rng.choice([1, 3, 4, 12, 16, 17])), c=int(rng.integers(1, 9)), o=int(rng.integers(1, 10)),
+                h=int(rng.integers(k, k + 9)), w=int(rng.integers(k, k + 9)), k=k,
+                padding=int(rng.integers(0, (k - 1) // 2 + 1)), bias=bool(index % 3))
+
+
+def _arrays(case, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"])).astype(dtype)
+    weight = rng.standard_normal((case["o"], case["c"], case["k"], case["k"])).astype(dtype)
+    bias = rng.standard_normal(case["o"]).astype(dtype) if case["bias"] else None
+    return x, weight, bias
+
+
+def _check(pairs, dtype, what):
+    for label, got, want in pairs:
+        error = relative_error(got, want)
+        assert error <= TOLERANCE[dtype], f"{what}: {label} relative error {error:.3e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("index", range(CASES))
+def test_conv2d_matches_torch_on_both_routes(route, dtype, index):
+    case = conv_case(index)
+    x, weight, bias = _arrays(case, dtype, index)
+    tensors = [None if a is None else torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    y_t = F.conv2d(*tensors, padding=case["padding"])
+    grad_y = np.random.default_rng(index + 1).standard_normal(y_t.shape).astype(dtype)
+    y_t.backward(torch.tensor(grad_y))
+
+    numba = backends.get("numba")
+    geometry = ((1, 1), ((case["padding"],) * 2,) * 2, (1, 1), 1)
+    y = numba.conv2d_forward(x, weight, bias, *geometry)
+    grad_weight, grad_bias = np.ones_like(weight), None if bias is None else np.ones_like(bias)  # added into
+    grad_x = numba.conv2d_backward(x, weight, grad_y, *geometry, grad_weight, grad_bias)
+    pairs = [("y", y, y_t.detach().numpy()), ("grad_x", grad_x, tensors[0].grad.numpy()),
+             ("grad_weight", grad_weight - 1, tensors[1].grad.numpy())]
+    if bias is not None:
+        pairs.append(("grad_bias", grad_bias - 1, tensors[2].grad.numpy()))
+    assert y.shape == y_t.shape and y.dtype == dtype and grad_x.dtype == dtype
+    _check(pairs, dtype, f"{route} {case}")
+
+
+@pytest.mark.parametrize("need_input_grad", [True, False], ids=["grad_x", "no_grad_x"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("index", range(CASES))
+def test_fused_conv_relu_pool_matches_torch_on_both_routes(route, dtype, index, need_input_grad):
+    case = conv_case(index)
+    case["h"], case["w"] = case["h"] + 1, case["w"] + 1  # a 2x2 pool needs two output rows and columns
+    x, weight, bias = _arrays(case, dtype, index)
+    tensors = [None if a is None else torch.tensor(a, requires_grad=True) for a in (x, weight, bias)]
+    y_t = F.max_pool2d(F.relu(F.conv2d(*tensors, padding=case["padding"])), 2, 2)
+    grad_y = np.random.default_rng(index + 1).standard_normal(y_t.shape).astype(dtype)
+    y_t.backward(torch.tensor(grad_y))
+
+    numba = backends.get("numba")
+    geometry = (1, case["padding"], 2, 2)
+    y, saved = numba.conv2d_relu_max_pool2d_forward(x, weight, bias, *geometry)
+    assert type(saved.conv).__name__ == ("GemmConv" if route == "gemm" else "ShiftedConv")
+    grad_weight, grad_bias = np.zeros_like(weight), None if bias is None else np.zeros_like(bias)
+    grad_x = numba.conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, *geometry, grad_weight, grad_bias,
+                                                   need_input_grad)
+    pairs = [("y", y, y_t.detach().numpy()), ("grad_weight", grad_weight, tensors[1].grad.numpy())]
+    if need_input_grad:
+        pairs.append(("grad_x", grad_x, tensors[0].grad.numpy()))
+    else:
+        assert grad_x is None
+    if bias is not None:
+        pairs.append(("grad_bias", grad_bias, tensors[2].grad.numpy()))
+    _check(pairs, dtype, f"{route} {case}")
+
+
+def test_the_routes_agree_in_float64(monkeypatch):
+    """A wide layer of the next chapter's network on both routes: the same sums in another order."""
+    rng = np.random.default_rng(5)
+    x, weight, bias = rng.standard_normal((12, 48, 8, 8)), rng.standard_normal((64, 48, 3, 3)), rng.standard_normal(64)
+    grad_y = rng.standard_normal((12, 64, 8, 8))
+    numba, geometry = backends.get("numba"), ((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    results = {}
+    for wide in (False, True):
+        monkeypatch.setattr(gemm_conv, "wins", lambda x_shape, weight_shape, wide=wide: wide)
+        grad_weight, grad_bias = np.zeros_like(weight), np.zeros_like(bias)
+        y = numba.conv2d_forward(x, weight, bias, *geometry)
+        grad_x = numba.conv2d_backward(x, weight, grad_y, *geometry, grad_weight, grad_bias)
+        results[wide] = (y, grad_x, grad_weight, grad_bias)
+    for shifted, gemm in zip(results[False], results[True]):
+        assert relative_error(gemm, shifted) <= 1e-13
+
+
+def test_each_tutorial_layer_takes_the_route_measured_faster():
+    """Width 1 (the tutorial) stays on shifted planes; from width 2 conv2 is wide; conv1 (3 channels) never is."""
+    def routes(width):
+        convs = [args for _, kind, args in layout(width) if kind == "conv"]
+        return [gemm_conv.wins((4, c, 32, 32), (o, c, k, k)) for c, o, k in convs]
+
+    assert routes(1) == [False, False]
+    assert routes(2) == [False, True]
+    assert routes(8) == [False, True]
+    assert routes(16) == [False, True]
+
+
+_BLAS_RUN = """
+import sys
+import numpy as np
+from scratchnet.backends.numba import workspaces
+rng = np.random.default_rng(0)
+x, weight, bias = (rng.standard_normal(s).astype(np.float32) for s in ((16, 64, 12, 12), (96, 64, 3, 3), (96,)))
+work = workspaces.GemmConv(x.shape, weight.shape, np.float32, 1)
+work.forward(x, weight, bias)
+work.backward_buffers(True)[...] = rng.standard_normal(work.rows.shape).astype(np.float32)
+grad_weight, grad_bias = np.zeros_like(weight), np.zeros_like(bias)
+grad_x = work.backward(weight, grad_weight, grad_bias, True)
+np.savez(sys.argv[1], y=work.rows, grad_x=grad_x, grad_weight=grad_weight, grad_bias=grad_bias)
+"""
+
+
+def test_matrix_products_repeat_bit_for_bit_and_blas_threads_change_only_the_rounding(tmp_path):
+    """Run to run the products repeat exactly; OpenBLAS's threaded driver blocks a long sum differently from its
+    serial one, so one and two BLAS threads may differ in the last bits (which is why ``gemm_conv`` says so)."""
+    results = {}
+    for threads, run in (("1", 0), ("1", 1), ("2", 0), ("2", 1)):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        path = tmp_path / f"{threads}-{run}.npz"
+        subprocess.run([sys.executable, "-c", _BLAS_RUN, str(path)], env=env, check=True)
+        with np.load(path) as saved:
+            results[threads, run] = {name: saved[name] for name in saved.files}
+    for threads in ("1", "2"):
+        for name, value in results[threads, 0].items():
+            assert np.array_equal(value, results[threads, 1][name]), f"{name} on {threads} BLAS threads"
+    for name, value in results["1", 0].items():
+        assert relative_error(results["2", 0][name], value) <= 1e-6, name
+
+
+@pytest.mark.parametrize("width", [2, 16])
+def test_wide_net_training_steps_match_torch_in_float64(width, one_torch_thread):
+    """Five compiled training steps of the Net at ``width`` (both routes in one network: conv1 narrow, conv2 wide)
+    against torch autograd, in float64, from the same weights; batch 12 threads."""
+    torch.manual_seed(width)
+    torch_net = TorchNet(width).double()
+    net = Net(width=width, seed=0).to("numba").double()
+    net.load_state_dict({k: v.numpy() for k, v in torch_net.state_dict().items()})
+    torch_opt = torch.optim.SGD(torch_net.parameters(), lr=0.01, momentum=0.9)
+    opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    step = compile_step(net, nn.CrossEntropyLoss().to("numba"), opt, 12)
+    rng = np.random.default_rng(width)
+    for index in range(5):
+        images, labels = rng.uniform(-1, 1, (12, 3, 32, 32)), rng.integers(0, 10, 12)
+        torch_opt.zero_grad()
+        torch_loss = F.cross_entropy(torch_net(torch.from_numpy(images)), torch.from_numpy(labels))
+        torch_loss.backward()
+        torch_opt.step()
+        _, loss = step(images, labels)
+        assert relative_error(loss, torch_loss.item()) <= 1e-10, f"step {index}"
+    ours = net.state_dict()
+    for name, value in torch_net.state_dict().items():
+        assert relative_error(ours[name], value.numpy()) <= 1e-10, name
+    (workspaces,) = step._workspaces.values()  # the steps after the first ran on these
+    routes = [type(work.conv).__name__ for work in workspaces if hasattr(work, "conv")]
+    assert routes == ["ShiftedConv", "GemmConv"]
