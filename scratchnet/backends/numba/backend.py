@@ -114,8 +114,11 @@ class NumbaBackend(NumpyBackend):
             return super().conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, stride, padding, pool_kernel,
                                                            pool_stride, grad_weight, grad_bias, need_input_grad)
         work = saved
-        pooling.grad_rows_from_pool(np.ascontiguousarray(grad_y), work.y, work.indices,
-                                    work.conv.backward_buffers(need_input_grad))
+        grad_y, grad_rows = np.ascontiguousarray(grad_y), work.conv.backward_buffers(need_input_grad)
+        if work.pool_2x2:
+            work.grad_rows_from_pool_2x2(grad_y, work.y, work.indices, work.conv.geometry.out_hw[1], grad_rows)
+        else:
+            pooling.grad_rows_from_pool(grad_y, work.y, work.indices, grad_rows)
         return work.conv.backward(weight, grad_weight, grad_bias, need_input_grad)
 
     # ---- max-pool --------------------------------------------------------------

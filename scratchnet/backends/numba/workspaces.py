@@ -118,10 +118,12 @@ class ConvReLUPool:
         out_h, out_w = self.conv.geometry.out_hw
         shape = (x_shape[0], weight_shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
                  conv_output_size(out_w, pool_kernel, pool_stride))
-        self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int64)
         self.pool_2x2 = pool_kernel == pool_stride == 2
-        self.pool = _pick(pooling.relu_max_pool_rows_2x2 if self.pool_2x2 else pooling.relu_max_pool_rows,
-                          threaded(x_shape[0]))
+        # The argmax: a 2x2 window's tap (one byte), or a position in the rows.
+        self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int8 if self.pool_2x2 else np.int64)
+        parallel = threaded(x_shape[0])
+        self.pool = _pick(pooling.relu_max_pool_rows_2x2 if self.pool_2x2 else pooling.relu_max_pool_rows, parallel)
+        self.grad_rows_from_pool_2x2 = _pick(pooling.grad_rows_from_pool_2x2, parallel)
 
 
 class Linear:
