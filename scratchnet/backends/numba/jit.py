@@ -3,6 +3,7 @@
 Kernels compile with the ``contract`` and ``reassoc`` math flags only: fused
 multiply-add and reordered sums, which let reductions vectorize. No flag
 changes NaN/inf handling; the op tests hold the results to torch's tolerances.
+Divisions follow numpy's error model (see ``kernel``).
 
 Parallel loops run over images or fixed chunks of positions, and results never
 depend on the thread count or timing. Each threaded kernel also has a serial
@@ -18,7 +19,9 @@ FLAGS = {"contract", "reassoc"}
 
 
 def kernel(parallel=False):
-    return njit(cache=True, fastmath=FLAGS, parallel=parallel)
+    # numpy's error model: a float division by zero gives inf or NaN, as in torch, instead of a check for
+    # Python's ZeroDivisionError that keeps the loop around it from vectorizing.
+    return njit(cache=True, fastmath=FLAGS, parallel=parallel, error_model="numpy")
 
 
 class Twin:
