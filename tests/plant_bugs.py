@@ -80,8 +80,10 @@ BUGS = {
     "GEMM conv: the planes' gradient misses its last tap row": (
         GEMM_CONV, "        for i in range(kh):\n            add(", "        for i in range(kh - 1):\n            add(", WIDE,
         "gemm"),
-    "GEMM conv: every group's weight gradient but the first dropped": (
-        GEMM_CONV, "self.grad_sum += self.grad_part", "pass", WIDE, "gemm"),
+    "GEMM conv: each part's weight gradient only its first group's": (
+        GEMM_CONV, "sums[part] += grad_part  # group", "pass  # group", WIDE, "gemm"),
+    "GEMM conv: the parts' weight gradients not summed": (
+        GEMM_CONV, "sums[0] += sums[part]", "pass", WIDE, "gemm"),
 }
 
 
