@@ -4,9 +4,9 @@
 same step for any ``Sequential`` of our layers (nested ones included) with the fused
 backend ops where the layers allow: each conv -> ReLU -> max-pool run becomes one
 ``conv2d_relu_max_pool2d`` stage (when its geometry is the plain one those ops take:
-``geometry.plain_conv`` / ``plain_pool``), each linear -> ReLU one ``linear_relu`` stage, a
-lone linear a ``linear`` stage and a flatten a view (the table ``PATTERNS``); every other layer
-runs as itself. Its backward stops at the first layer with parameters,
+``geometry.plain_conv`` / ``plain_pool``), any other plain conv a ``conv2d`` stage, each
+linear -> ReLU one ``linear_relu`` stage, a lone linear a ``linear`` stage and a flatten a
+view (the table ``PATTERNS``); every other layer runs as itself. Its backward stops at the first layer with parameters,
 which needs no input gradient (as torch skips it for an input that does not require one).
 A model that is not a ``Sequential`` runs as one stage through its own forward/backward.
 
@@ -246,6 +246,7 @@ def _plain_conv_relu_pool(run):
 # layer no pattern takes runs as itself. A new fused op is one row here and one stage class below.
 PATTERNS = [
     ((nn.Conv2d, nn.ReLU, nn.MaxPool2d), _plain_conv_relu_pool, lambda run: ConvReLUPoolStage(run[0], run[2])),
+    ((nn.Conv2d,), lambda run: run[0].plain_geometry() is not None, lambda run: ConvStage(run[0])),
     ((nn.Linear, nn.ReLU), None, lambda run: LinearStage(run[0], relu=True)),
     ((nn.Linear,), None, lambda run: LinearStage(run[0], relu=False)),
     ((nn.Flatten,), None, lambda run: FlattenStage(run[0])),
@@ -324,6 +325,41 @@ class FlattenStage:
 
     def backward(self, grad, need_input_grad, workspace=None):
         return grad.reshape(self._x_shape)
+
+
+class ConvStage:
+    """A convolution of the plain geometry alone (one followed by batch norm, say), through the backend op, so
+    that it can run in a workspace."""
+
+    has_parameters = True
+    op = "conv2d"
+
+    def __init__(self, conv):
+        self.conv, self.weight, self.bias = conv, conv.weight, conv.bias
+        stride, padding = self.geometry = conv.plain_geometry()
+        self._args = (stride, stride), ((padding, padding), (padding, padding)), (1, 1), 1
+        self._checked = None
+
+    def workspace(self, x_shape, backend):
+        weight = self.weight.data
+        return backend.workspace(self.op, x_shape, weight.shape, weight.dtype, self.geometry)
+
+    def forward(self, x, workspace=None):
+        conv, bias = self.conv, self.bias
+        if workspace is None and _input_signature(x, conv) != self._checked:
+            conv.output_shape(x)  # checks the input
+            self._checked = _input_signature(x, conv)
+        self._x, self._unbatched = functional.batched(x, 3)
+        y = conv.backend.conv2d_forward(self._x, self.weight.data, None if bias is None else bias.data,
+                                        *self._args, workspace=workspace)
+        return y[0] if self._unbatched else y
+
+    def backward(self, grad, need_input_grad, workspace=None):
+        weight, bias = self.weight, self.bias
+        grad_x = self.conv.backend.conv2d_backward(
+            self._x, weight.data, grad[None] if self._unbatched else grad, *self._args, weight.grad,
+            None if bias is None else bias.grad, need_input_grad, workspace=workspace)
+        return grad_x[0] if self._unbatched and grad_x is not None else grad_x
 
 
 class ConvReLUPoolStage:

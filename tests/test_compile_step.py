@@ -11,8 +11,8 @@ from harness import relative_error
 from scratchnet import nn, optim
 from scratchnet.backends.base import Backend
 from scratchnet.models import Net
-from scratchnet.step import (ConvReLUPoolStage, FlattenStage, FusedStep, LayerStage, LinearStage, compile_forward,
-                             compile_step, eager_step, plan)
+from scratchnet.step import (ConvReLUPoolStage, ConvStage, FlattenStage, FusedStep, LayerStage, LinearStage,
+                             compile_forward, compile_step, eager_step, plan)
 
 STEPS = 4
 
@@ -79,12 +79,14 @@ def test_the_plan_fuses_every_run_in_any_sequential():
     assert kinds == [ConvReLUPoolStage] * 3 + [FlattenStage, LinearStage, LinearStage]
     assert [stage.op for stage in stages[-2:]] == ["linear_relu", "linear"]
     not_a_run = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU(), nn.Linear(4, 4))
-    assert [type(stage) for stage in plan(not_a_run)] == [LayerStage] * 3 + [LinearStage]
-    # Geometry the fused ops do not take runs layer by layer.
+    assert [type(stage) for stage in plan(not_a_run)] == [ConvStage] + [LayerStage] * 2 + [LinearStage]
+    # Geometry the fused ops do not take runs layer by layer (a plain conv alone as a conv2d stage).
     for conv, pool in [(nn.Conv2d(3, 4, 3, dilation=2), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3, groups=1,
                        padding=(1, 0)), nn.MaxPool2d(2)), (nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, ceil_mode=True)),
                        (nn.Conv2d(3, 4, 3), nn.MaxPool2d((2, 3))), (nn.Conv2d(3, 4, 3, stride=(1, 2)), nn.MaxPool2d(2))]:
-        assert [type(stage) for stage in plan(nn.Sequential(conv, nn.ReLU(), pool))] == [LayerStage] * 3, (conv, pool)
+        first = LayerStage if conv.plain_geometry() is None else ConvStage
+        assert [type(stage) for stage in plan(nn.Sequential(conv, nn.ReLU(), pool))] == [first] + [LayerStage] * 2, \
+            (conv, pool)
 
 
 class _Spy:

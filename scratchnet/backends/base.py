@@ -77,13 +77,15 @@ class Backend:
     # 'same' pads an odd total one more at the bottom and right), ``groups`` an int that
     # divides both channel counts. ``x`` is (N, C, H, W), ``weight`` (O, C / groups, KH, KW).
 
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
-        """Cross-correlation of ``x`` with ``weight``, zero padding; ``bias`` may be None."""
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, workspace=None):
+        """Cross-correlation of ``x`` with ``weight``, zero padding; ``bias`` may be None; ``workspace`` one of
+        ``self.workspace("conv2d", ...)`` or None."""
         raise NotImplementedError
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
-                        need_input_grad=True):
-        """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias``; return grad_x or None."""
+                        need_input_grad=True, workspace=None):
+        """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias``; return grad_x or None. With a
+        workspace, the forward's call with it came just before, on the same ``x``."""
         raise NotImplementedError
 
     # ---- max-pool --------------------------------------------------------------
@@ -257,9 +259,9 @@ class Backend:
     has_workspaces = False  # whether ``workspace`` ever gives one
 
     def workspace(self, op, x_shape, weight_shape, dtype, geometry=()):
-        """Buffers and layouts, made once, for calls of ``op`` ("conv2d_relu_max_pool2d", "linear" or
-        "linear_relu") on inputs of ``x_shape`` and ``dtype`` with weights of ``weight_shape`` (and the fused
-        op's int ``geometry``). The op's forward and backward take it as ``workspace`` and then allocate
+        """Buffers and layouts, made once, for calls of ``op`` ("conv2d", "conv2d_relu_max_pool2d", "linear" or
+        "linear_relu") on inputs of ``x_shape`` and ``dtype`` with weights of ``weight_shape`` (and a convolution's
+        plain int ``geometry``). The op's forward and backward take it as ``workspace`` and then allocate
         nothing: what they return lies in the workspace, and their next call with it overwrites it. None
         where this backend has none for the op (this default): each call then allocates its own."""
         return None

@@ -39,7 +39,7 @@ class NumpyBackend(Backend):
 
     # ---- conv2d ----------------------------------------------------------------
 
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, workspace=None):
         n = x.shape[0]
         out_c, group_c, kh, kw = weight.shape
         out_hw = conv2d_output_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
@@ -52,7 +52,7 @@ class NumpyBackend(Backend):
         return y
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
-                        need_input_grad=True):
+                        need_input_grad=True, workspace=None):
         n, c, h, w = x.shape
         out_c, group_c, kh, kw = weight.shape
         out_hw = grad_y.shape[2:]

@@ -117,7 +117,7 @@ class CupyBackend(Backend):
             x, cols, *_ints(n, c, h, w, kh, kw, out_h, out_w, stride, padding)))
         return cols
 
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups):
+    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, workspace=None):
         x, weight = cp.ascontiguousarray(x), cp.ascontiguousarray(weight)
         # The kernels skip the bias when has_bias is 0; any valid pointer fills its slot.
         bias_arg = weight if bias is None else cp.ascontiguousarray(bias)
@@ -144,7 +144,7 @@ class CupyBackend(Backend):
         return y
 
     def conv2d_backward(self, x, weight, grad_y, stride, padding, dilation, groups, grad_weight, grad_bias,
-                        need_input_grad=True):
+                        need_input_grad=True, workspace=None):
         plain = plain_conv(stride, padding, dilation, groups)
         if plain is None:
             return self._conv2d_general_backward(x, weight, grad_y, stride, padding, dilation, groups, grad_weight,

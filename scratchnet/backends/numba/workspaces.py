@@ -109,6 +109,14 @@ def conv_workspace(x_shape, weight_shape, dtype, padding):
     return route(x_shape, weight_shape, dtype, padding)
 
 
+class Conv2d:
+    """``conv2d`` at stride 1: the convolution's workspace (``conv``) and the NCHW output."""
+
+    def __init__(self, x_shape, weight_shape, dtype, padding):
+        self.conv = conv_workspace(x_shape, weight_shape, dtype, padding)
+        self.y = np.empty((x_shape[0], weight_shape[0]) + self.conv.geometry.out_hw, dtype)
+
+
 class ConvReLUPool:
     """``conv2d_relu_max_pool2d`` at stride 1: the convolution's workspace (``conv``), and the pooled output and
     argmax."""
