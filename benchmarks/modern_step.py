@@ -5,8 +5,8 @@
 The network is the modern CIFAR-10 recipe's shape: three conv (3x3, 'same', no bias) -> batch norm -> GELU ->
 max-pool blocks of 64, 128 and 256 channels, adaptive average pooling, dropout and a linear layer; one step is
 forward, cross-entropy, backward and SGD with momentum on one fixed float32 batch, in training mode. Each
-contender runs in its own process (``benchmarks.train_step``'s workers), alternating within each repeat;
-figures are medians. The last line printed is the batch's numba/PyTorch ratio (each side's better thread count).
+contender runs in its own process (``benchmarks.contenders``; the numba ones never load torch), alternating
+within each repeat; figures are medians. The last line printed is the batch's numba/PyTorch ratio (each side's better thread count).
 """
 
 import argparse
@@ -14,9 +14,8 @@ import statistics
 
 import numba
 import numpy as np
-import torch
 
-from benchmarks.train_step import machine, sample_contenders
+from benchmarks.contenders import ONE_THREAD, machine, sample_contenders
 from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.step import compile_step
@@ -39,6 +38,8 @@ def _layers(module):
 
 
 def torch_step(batch_size, threads):
+    import torch  # here: a numba contender's process never loads torch (see ``benchmarks.contenders``)
+
     torch.set_num_threads(threads)
     images, labels = (torch.from_numpy(a) for a in _batch(batch_size))
     model = torch.nn.Sequential(*_layers(torch.nn))
@@ -68,6 +69,8 @@ CONTENDERS = {
     "numba-1thread": lambda batch_size: scratchnet_step(batch_size, 1),
     "numba-2threads": lambda batch_size: scratchnet_step(batch_size, 2),
 }
+
+CONTENDER_ENVIRONMENT = {name: ONE_THREAD for name in CONTENDERS if name.endswith("-1thread")}
 
 
 def profile(batch_size, steps=3):

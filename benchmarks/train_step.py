@@ -17,11 +17,7 @@ batch-4 numba/PyTorch ratio.
 """
 
 import argparse
-import contextlib
-import importlib
-import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,8 +28,9 @@ import numba
 import numpy as np
 import torch
 
+from benchmarks.contenders import machine, matmul_peak, sample_contenders
 from reference.tutorial import Net as TorchNet
-from scratchnet import nn, optim, report
+from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.models import Net
 from scratchnet.step import compile_step
@@ -132,80 +129,6 @@ EAGER = ("torch-1thread", "torch-2threads")
 COMPILED = ("torch.compile-1thread", "torch.compile-2threads", "jax-jit")
 
 
-def images_per_second(step, batch_size, seconds):
-    """Run whole steps for about ``seconds``; return images/s."""
-    steps, start = 0, time.perf_counter()
-    while True:
-        step()
-        steps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return steps * batch_size / elapsed
-
-
-def _worker(module, name, batch_size, options, connection):
-    """One contender of ``module``'s ``CONTENDERS`` in its own process: thread pools of different libraries
-    never spin against each other. A contender that cannot run here (JAX not installed, no compiler for
-    inductor) says why instead."""
-    try:
-        step = importlib.import_module(module).CONTENDERS[name](batch_size, **options)
-        images_per_second(step, batch_size, 0.3)  # warm up: JIT, allocator, caches
-    except Exception as exc:  # noqa: BLE001 - any failure of an optional contender is reported, not fatal
-        connection.send(f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return
-    connection.send("ready")
-    while (seconds := connection.recv()) is not None:
-        connection.send(images_per_second(step, batch_size, seconds))
-
-
-@contextlib.contextmanager
-def _environment(variables):
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key)
-            else:
-                os.environ[key] = value
-
-
-def sample_contenders(module, names, batch_size, repeats, seconds, **options):
-    """({contender: [images/s, one per repeat]}, {contender: why it could not run}) for ``names`` of
-    ``module``'s ``CONTENDERS`` (each made as ``CONTENDERS[name](batch_size, **options)``, in a process started
-    with the variables of ``CONTENDER_ENVIRONMENT[name]`` when the module has them), each in its own process,
-    every repeat timing each once, in turn."""
-    context = multiprocessing.get_context("spawn")
-    environments = getattr(importlib.import_module(module), "CONTENDER_ENVIRONMENT", {})
-    workers = {}
-    for name in names:
-        parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(module, name, batch_size, options, child), daemon=True)
-        with _environment(environments.get(name, {})):  # read as the process starts: BLAS threads, say
-            process.start()
-        workers[name] = (process, parent)
-    try:
-        unavailable = {}
-        for name, (process, connection) in list(workers.items()):
-            answer = connection.recv()
-            if answer != "ready":
-                unavailable[name] = answer
-                process.join()
-                del workers[name]
-        samples = {name: [] for name in workers}
-        for _ in range(repeats):  # alternate: each repeat times every contender once, one at a time
-            for name, (_, connection) in workers.items():
-                connection.send(seconds)
-                samples[name].append(connection.recv())
-    finally:
-        for process, connection in workers.values():
-            connection.send(None)
-            process.join()
-    return samples, unavailable
-
-
 def measure_batch(batch_size, repeats, seconds):
     samples, unavailable = sample_contenders(__spec__.name, CONTENDERS, batch_size, repeats, seconds)
     medians = {name: statistics.median(values) for name, values in samples.items()}
@@ -229,25 +152,6 @@ def measure_batch(batch_size, repeats, seconds):
     if compiled_best is not None:
         row["numba_over_compiled"] = medians[numba_best] / medians[compiled_best]
     return row
-
-
-_MATMUL = """
-import time, numpy as np
-a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
-a @ a
-best = 0.0
-for _ in range(7):
-    start = time.perf_counter(); a @ a; best = max(best, 2 * 1024 ** 3 / (time.perf_counter() - start))
-print(best / 1e9)
-"""
-
-
-def matmul_peak(threads):
-    """float32 1024x1024 matmul GFLOP/s in a fresh process with ``threads`` BLAS threads (best of 7)."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", _MATMUL], env=env, check=True, capture_output=True, text=True)
-    return float(out.stdout.split()[-1])
 
 
 # One compiled training step, as ``scratchnet_step`` builds it, without this module's torch and JAX imports.
@@ -276,25 +180,6 @@ def jit_times():
             subprocess.run([sys.executable, "-c", _FIRST_STEP], env=env, check=True, capture_output=True)
             times[label] = time.perf_counter() - start
         return times
-
-
-def _threading_layer():
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        return numba.config.THREADING_LAYER
-
-
-def machine():
-    return {
-        **report.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "numba_threading_layer": _threading_layer(),
-        "torch": torch.__version__,
-        "blas_env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "MKL_", "OMP_"))},
-    }
 
 
 def main(argv=None):

@@ -4,8 +4,9 @@
 
 One step is forward, cross-entropy, backward and SGD(lr=0.001, momentum=0.9) on one fixed float32 batch, for
 each width and batch size: scratchnet's numba backend (``step.compile_step``, as ``fit`` trains) and PyTorch
-eager, each on 1 and 2 threads, every contender in its own process and timed in alternation
-(``benchmarks.train_step``'s workers); figures are medians. Each row gives both sides' GFLOP/s and numba's as
+eager, each on 1 and 2 threads (one BLAS thread for the 1-thread contenders too), every contender in its own process
+and timed in alternation (``benchmarks.contenders``; the numba processes never load torch); figures are
+medians. Each row gives both sides' GFLOP/s and numba's as
 a fraction of the 2-thread float32 matmul peak measured in the same run.
 """
 
@@ -14,14 +15,14 @@ import statistics
 
 import numba
 import numpy as np
-import torch
 
-from benchmarks.train_step import LR, MOMENTUM, machine, matmul_peak, sample_contenders
-from reference.tutorial import Net as TorchNet
+from benchmarks.contenders import ONE_THREAD, machine, matmul_peak, sample_contenders
 from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.models import Net, layout
 from scratchnet.step import compile_step
+
+LR, MOMENTUM = 0.001, 0.9  # the tutorial's
 
 
 def mflop_per_image(width):
@@ -46,6 +47,10 @@ def _batch(batch_size, width):
 
 
 def torch_step(batch_size, width, threads):
+    import torch  # here: a numba contender's process never loads torch (see ``benchmarks.contenders``)
+
+    from reference.tutorial import Net as TorchNet
+
     torch.set_num_threads(threads)
     images, labels = (torch.from_numpy(a) for a in _batch(batch_size, width))
     net = TorchNet(width)
@@ -76,9 +81,7 @@ CONTENDERS = {
     "numba-2threads": lambda batch_size, width: scratchnet_step(batch_size, width, 2),
 }
 
-# One thread means one for the BLAS numpy calls too (the wide convolutions' products), set as the process starts.
-CONTENDER_ENVIRONMENT = {name: {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-                         for name in CONTENDERS if name.endswith("-1thread")}
+CONTENDER_ENVIRONMENT = {name: ONE_THREAD for name in CONTENDERS if name.endswith("-1thread")}
 
 
 def measure(width, batch_size, repeats, seconds, peak):

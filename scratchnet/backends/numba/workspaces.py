@@ -86,6 +86,11 @@ class GemmConv(ShiftedConv):
     def __init__(self, x_shape, weight_shape, dtype, padding):
         super().__init__(x_shape, weight_shape, dtype, padding)
         self.matrices = gemm_conv.Matrices(self.geometry, weight_shape, dtype)
+        # The layout's copies serially: OpenMP workers spinning after a threaded copy would take the cores from
+        # the threads of the products that follow (twice the time, where the spin is on: torch's OpenMP
+        # runtime, once loaded, is numba's too).
+        self.to_planes, self.from_rows = layout.to_shifted_planes.serial, layout.from_rows.serial
+        self.from_planes = layout.from_shifted_planes.serial
 
     def forward(self, x, weight, bias):
         self.lay_out(x)
@@ -129,7 +134,7 @@ class ConvReLUPool:
         self.pool_2x2 = pool_kernel == pool_stride == 2
         # The argmax: a 2x2 window's tap (one byte), or a position in the rows.
         self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int8 if self.pool_2x2 else np.int64)
-        parallel = threaded(x_shape[0])
+        parallel = threaded(x_shape[0]) and not isinstance(self.conv, GemmConv)  # serial beside products (above)
         self.pool = _pick(pooling.relu_max_pool_rows_2x2 if self.pool_2x2 else pooling.relu_max_pool_rows, parallel)
         self.grad_rows_from_pool_2x2 = _pick(pooling.grad_rows_from_pool_2x2, parallel)
 
