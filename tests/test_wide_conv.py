@@ -128,7 +128,8 @@ def test_the_routes_agree_in_float64(monkeypatch):
 
 
 def test_each_tutorial_layer_takes_the_route_measured_faster():
-    """Width 1 (the tutorial) stays on shifted planes; from width 2 conv2 is wide; conv1 (3 channels) never is."""
+    """Width 1 (the tutorial) stays on shifted planes; from width 2 conv2 is wide; conv1 (3 channels, 5x5) never
+    is; the next chapter's 3x3 layers all are."""
     def routes(width):
         convs = [args for _, kind, args in layout(width) if kind == "conv"]
         return [gemm_conv.wins((4, c, 32, 32), (o, c, k, k)) for c, o, k in convs]
@@ -137,6 +138,9 @@ def test_each_tutorial_layer_takes_the_route_measured_faster():
     assert routes(2) == [False, True]
     assert routes(8) == [False, True]
     assert routes(16) == [False, True]
+    modern = [(3, 64), (64, 128), (128, 256)]  # 3x3: taps left over for the shifted kernels' fives
+    assert [gemm_conv.wins((4, c, 32, 32), (o, c, 3, 3)) for c, o in modern] == [True, True, True]
+    assert not gemm_conv.wins((4, 3, 32, 32), (8, 3, 3, 3))
 
 
 _RUN = """

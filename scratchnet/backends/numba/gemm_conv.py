@@ -28,17 +28,22 @@ from threadpoolctl import ThreadpoolController
 
 from scratchnet.backends.numba.jit import add, fill, kernel
 
-# Below these sizes the shifted-plane kernels win: a product's sum must be long (input channels x taps) and its
-# output tall enough to keep a GEMM's register tiles full (``benchmarks/conv_routes.py`` measures both routes on
-# the tutorial's layers at widths 1 to 16 and on the next chapter's; results in ``benchmarks/results``).
+# Where each route wins (``benchmarks/conv_routes.py`` times both on the tutorial's layers at widths 1 to 16 and
+# the next chapter's, batches 4 to 128; ``benchmarks/results/conv_routes.json``): the shifted-plane kernels run
+# taps in fives, so a kernel of 25 taps keeps them busy until the product's sum (input channels x taps) is long
+# and its output tall; with taps left over (3x3), the product wins from far smaller layers.
 MIN_SUM_LENGTH = 256
 MIN_OUTPUT_CHANNELS = 16
+MIN_MACS_PER_OUTPUT = 1024  # with taps left over
 
 
 def wins(x_shape, weight_shape):
     """Whether a stride-1 convolution of ``x_shape`` by ``weight_shape`` runs faster as matrix products."""
     out_c, c, kh, kw = weight_shape
-    return c * kh * kw >= MIN_SUM_LENGTH and out_c >= MIN_OUTPUT_CHANNELS
+    sum_length = c * kh * kw
+    if kh * kw % 5:
+        return sum_length * out_c >= MIN_MACS_PER_OUTPUT
+    return sum_length >= MIN_SUM_LENGTH and out_c >= MIN_OUTPUT_CHANNELS
 
 
 # The groups' weight gradients are summed in this many parts, each in group order, then the parts in order:
