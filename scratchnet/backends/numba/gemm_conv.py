@@ -32,7 +32,7 @@ from scratchnet.backends.numba.jit import add, fill, kernel
 # the next chapter's, batches 4 to 128; ``benchmarks/results/conv_routes.json``): the shifted-plane kernels run
 # taps in fives, so a kernel of 25 taps keeps them busy until the product's sum (input channels x taps) is long
 # and its output tall; with taps left over (3x3), the product wins from far smaller layers.
-MIN_SUM_LENGTH = 256
+MIN_SUM_LENGTH = 400
 MIN_OUTPUT_CHANNELS = 16
 MIN_MACS_PER_OUTPUT = 1024  # with taps left over
 
