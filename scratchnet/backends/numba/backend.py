@@ -106,7 +106,7 @@ class NumbaBackend(NumpyBackend):
         work.conv.forward(x, weight, bias)
         rows, out_w = work.conv.rows, work.conv.geometry.out_hw[1]
         if work.pool_2x2:
-            work.pool(rows, out_w, work.y, work.indices)
+            work.pool(rows, out_w, work.as_taps, work.y, work.indices)
         else:
             work.pool(rows, out_w, pool_kernel, pool_stride, work.y, work.indices)
         return work.y, work  # the workspace keeps what the backward needs: the planes, the pooled output, the argmax
@@ -118,7 +118,7 @@ class NumbaBackend(NumpyBackend):
                                                            pool_stride, grad_weight, grad_bias, need_input_grad)
         work = saved
         grad_y, grad_rows = np.ascontiguousarray(grad_y), work.conv.backward_buffers(need_input_grad)
-        if work.pool_2x2:
+        if work.as_taps:
             work.grad_rows_from_pool_2x2(grad_y, work.y, work.indices, work.conv.geometry.out_hw[1], grad_rows)
         else:
             pooling.grad_rows_from_pool(grad_y, work.y, work.indices, grad_rows)

@@ -42,11 +42,12 @@ def first_max_step(best, best_tap, value, tap):
 
 
 @Twin
-def relu_max_pool_rows_2x2(rows, out_w, y, taps):
+def relu_max_pool_rows_2x2(rows, out_w, as_taps, y, indices):
     """``relu_max_pool_rows`` for the tutorial's 2x2 windows at stride 2, as selects over whole
     output rows: it vectorizes, where the general kernel's per-window branches mispredict on
-    about every other comparison. Same scan order, so the same results. The argmax is kept as
-    its tap in the window (0 to 3, row by row; one byte, not a position's eight)."""
+    about every other comparison. Same scan order, so the same results. With ``as_taps`` the
+    argmax is kept as its tap in the window (0 to 3, row by row: a byte, not a position's eight,
+    for ``grad_rows_from_pool_2x2``), else as its position in the rows (``grad_rows_from_pool``)."""
     n, out_c, pool_h, pool_w = y.shape
     size = n // rows.shape[1]
     below = size * out_w  # from a row of an image to its next row
@@ -57,46 +58,38 @@ def relu_max_pool_rows_2x2(rows, out_w, y, taps):
         for ph in range(pool_h):
             top = (2 * ph * size + b) * out_w
             upper, lower = row[top:top + 2 * pool_w], row[top + below:top + below + 2 * pool_w]
-            y_row, taps_row = y[image, o, ph], taps[image, o, ph]
+            y_row, indices_row = y[image, o, ph], indices[image, o, ph]
             for pw in range(pool_w):
                 best, tap = upper[2 * pw], 0
                 best, tap = first_max_step(best, tap, upper[2 * pw + 1], 1)
                 best, tap = first_max_step(best, tap, lower[2 * pw], 2)
                 best, tap = first_max_step(best, tap, lower[2 * pw + 1], 3)
                 y_row[pw] = best if best > 0 else 0
-                taps_row[pw] = tap
+                indices_row[pw] = tap if as_taps else top + 2 * pw + (tap & 1) + (tap >> 1) * below
 
 
 @Twin
 def grad_rows_from_pool_2x2(grad_y, pool_y, taps, out_w, grad_rows):
-    """The gradient of ``relu_max_pool_rows_2x2`` laid out as the rows, each entry written once: a window's
-    argmax gets its gradient where the pooled value passed the ReLU, every other entry 0 (the rows and columns
-    past the last window too); images and channels split over the threads."""
+    """The gradient of ``relu_max_pool_rows_2x2`` laid out as the rows: zero, then each window's argmax its
+    gradient where the pooled value passed the ReLU. Channels and groups split over the threads: each owns a
+    contiguous block of the rows."""
     n, out_c, pool_h, pool_w = grad_y.shape
-    size = n // grad_rows.shape[1]
-    out_h = grad_rows.shape[2] // (size * out_w)
+    groups = grad_rows.shape[1]
+    size = n // groups
     below = size * out_w
-    zero = grad_rows.dtype.type(0)
-    for item in prange(n * out_c):
-        image, o = item // out_c, item % out_c
-        row = grad_rows[o, image // size]
-        b = image % size
-        for ph in range(pool_h):
-            top = (2 * ph * size + b) * out_w
-            upper, lower = row[top:top + out_w], row[top + below:top + below + out_w]
-            grad, kept, tap_row = grad_y[image, o, ph], pool_y[image, o, ph], taps[image, o, ph]
-            for pw in range(pool_w):
-                g = grad[pw] if kept[pw] > 0 else zero
-                tap = tap_row[pw]
-                upper[2 * pw] = g if tap == 0 else zero
-                upper[2 * pw + 1] = g if tap == 1 else zero
-                lower[2 * pw] = g if tap == 2 else zero
-                lower[2 * pw + 1] = g if tap == 3 else zero
-            fill(upper[2 * pool_w:], 0)
-            fill(lower[2 * pool_w:], 0)
-        for r in range(2 * pool_h, out_h):
-            start = (r * size + b) * out_w
-            fill(row[start:start + out_w], 0)
+    for item in prange(out_c * groups):
+        o, g = item // groups, item % groups
+        row = grad_rows[o, g]
+        fill(row, 0)
+        for b in range(size):
+            image = g * size + b
+            for ph in range(pool_h):
+                top = (2 * ph * size + b) * out_w
+                grad, kept, tap_row = grad_y[image, o, ph], pool_y[image, o, ph], taps[image, o, ph]
+                for pw in range(pool_w):
+                    if kept[pw] > 0:
+                        tap = tap_row[pw]
+                        row[top + 2 * pw + (tap & 1) + (tap >> 1) * below] = grad[pw]
 
 
 @kernel()
