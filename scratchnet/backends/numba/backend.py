@@ -1,13 +1,15 @@
 """The fast CPU backend: the ``Backend`` interface on numpy arrays, every op an ``@njit(cache=True)`` kernel.
 
-The kernels live by op family beside this file: ``layout`` (shifted planes) and
-``conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``
+The kernels live by op family beside this file: ``layout`` (shifted planes), ``conv``
+and ``gemm_conv`` for convolutions, ``pooling``, ``dense`` (linear and ReLU), ``loss_sgd``
 (cross-entropy with torch's options, SGD), ``general`` (convolution and max-pool of any
 other geometry). Stride-1 convolutions with the same padding on every side, no dilation
-and one group (the tutorial's) run on shifted planes, and conv -> ReLU -> max-pool as
-one fused pass over the convolution's rows; ``scratchnet.step`` finds such
-runs in any ``Sequential`` and trains through them, handing the ops per-shape workspaces
-(``workspaces``) so that a step allocates nothing.
+and one group (the tutorial's) lay their input out as shifted planes and their output as
+rows, computed by our kernels for narrow layers and as matrix products for wide ones
+(``gemm_conv.wins`` picks per layer), and conv -> ReLU -> max-pool as one fused pass over
+the convolution's rows; ``scratchnet.step`` finds such runs in any ``Sequential`` and
+trains through them, handing the ops per-shape workspaces (``workspaces``) so that a step
+allocates nothing.
 """
 
 import collections
