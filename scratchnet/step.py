@@ -327,31 +327,48 @@ class FlattenStage:
         return grad.reshape(self._x_shape)
 
 
-class ConvStage:
-    """A convolution of the plain geometry alone (one followed by batch norm, say), through the backend op, so
-    that it can run in a workspace."""
+class _PlainConvStage:
+    """What the convolution stages share: the layer's Parameters (a move, ``.to``, keeps them, new arrays
+    inside), a workspace per input shape from the backend, and the input checked once per signature and
+    batched (an unbatched (C, H, W) input runs as a batch of one)."""
 
     has_parameters = True
-    op = "conv2d"
 
-    def __init__(self, conv):
+    def __init__(self, conv, geometry):
         self.conv, self.weight, self.bias = conv, conv.weight, conv.bias
-        stride, padding = self.geometry = conv.plain_geometry()
-        self._args = (stride, stride), ((padding, padding), (padding, padding)), (1, 1), 1
+        self.geometry = geometry
         self._checked = None
 
     def workspace(self, x_shape, backend):
         weight = self.weight.data
         return backend.workspace(self.op, x_shape, weight.shape, weight.dtype, self.geometry)
 
-    def forward(self, x, workspace=None):
-        conv, bias = self.conv, self.bias
-        if workspace is None and _input_signature(x, conv) != self._checked:
-            conv.output_shape(x)  # checks the input
-            self._checked = _input_signature(x, conv)
+    def _take_input(self, x, workspace):
+        if workspace is None and _input_signature(x, self.conv) != self._checked:  # once per signature (see above)
+            self._check_input(x)
+            self._checked = _input_signature(x, self.conv)
         self._x, self._unbatched = functional.batched(x, 3)
-        y = conv.backend.conv2d_forward(self._x, self.weight.data, None if bias is None else bias.data,
-                                        *self._args, workspace=workspace)
+        return self._x
+
+
+class ConvStage(_PlainConvStage):
+    """A convolution of the plain geometry alone (one followed by batch norm, say), through the backend op, so
+    that it can run in a workspace."""
+
+    op = "conv2d"
+
+    def __init__(self, conv):
+        stride, padding = geometry = conv.plain_geometry()
+        super().__init__(conv, geometry)
+        self._args = (stride, stride), ((padding, padding), (padding, padding)), (1, 1), 1
+
+    def _check_input(self, x):
+        self.conv.output_shape(x)
+
+    def forward(self, x, workspace=None):
+        bias = self.bias
+        y = self.conv.backend.conv2d_forward(self._take_input(x, workspace), self.weight.data,
+                                             None if bias is None else bias.data, *self._args, workspace=workspace)
         return y[0] if self._unbatched else y
 
     def backward(self, grad, need_input_grad, workspace=None):
@@ -362,31 +379,23 @@ class ConvStage:
         return grad_x[0] if self._unbatched and grad_x is not None else grad_x
 
 
-class ConvReLUPoolStage:
-    """``pool(relu(conv(x)))`` through one fused backend op each way; an unbatched (C, H, W)
-    input runs as a batch of one."""
+class ConvReLUPoolStage(_PlainConvStage):
+    """``pool(relu(conv(x)))`` through one fused backend op each way."""
 
-    has_parameters = True
     op = "conv2d_relu_max_pool2d"
 
     def __init__(self, conv, pool):
-        self.conv, self.pool = conv, pool
-        self.weight, self.bias = conv.weight, conv.bias  # Parameters: a move (``.to``) keeps them, new arrays inside
-        self.geometry = conv.plain_geometry() + pool.plain_geometry()  # stride, padding, pool kernel, pool stride
-        self._checked = None
+        super().__init__(conv, conv.plain_geometry() + pool.plain_geometry())  # stride, padding, pool kernel, stride
+        self.pool = pool
 
-    def workspace(self, x_shape, backend):
-        weight = self.weight.data
-        return backend.workspace(self.op, x_shape, weight.shape, weight.dtype, self.geometry)
+    def _check_input(self, x):
+        self.pool.output_shape(self.conv.output_shape(x))  # checks the conv's output against the pool's window
 
     def forward(self, x, workspace=None):
-        conv, bias = self.conv, self.bias
-        if workspace is None and _input_signature(x, conv) != self._checked:  # once per signature (see above)
-            self.pool.output_shape(conv.output_shape(x))  # checks the conv's output against the pool's window
-            self._checked = _input_signature(x, conv)
-        self._x, self._unbatched = functional.batched(x, 3)
-        y, self._saved = conv.backend.conv2d_relu_max_pool2d_forward(
-            self._x, self.weight.data, None if bias is None else bias.data, *self.geometry, workspace)
+        bias = self.bias
+        y, self._saved = self.conv.backend.conv2d_relu_max_pool2d_forward(
+            self._take_input(x, workspace), self.weight.data, None if bias is None else bias.data, *self.geometry,
+            workspace)
         return y[0] if self._unbatched else y
 
     def backward(self, grad, need_input_grad, workspace=None):  # the forward's ``saved`` holds its workspace
