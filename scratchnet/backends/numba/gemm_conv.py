@@ -179,10 +179,12 @@ def _blas_threads(count):
 
 def _pool(workers):
     """A thread pool of at least ``workers`` threads, kept for the next call."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers < workers:
+    global _POOL, _POOL_WORKERS
+    if _POOL_WORKERS < workers:
         _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scratchnet-gemm")
+        _POOL_WORKERS = workers
     return _POOL
 
 
 _BLAS = _POOL = None
+_POOL_WORKERS = 0

@@ -6,7 +6,8 @@ call, so a training step neither allocates nor lays out anything (llm.c's way). 
 op runs the same kernels in the same order, so the results are the same bit for bit. What an op
 returns out of a workspace is overwritten by the op's next call with it.
 
-Each workspace picks the serial or the threaded twin of its kernels once, by batch size (``jit.threaded``).
+Each workspace picks the serial or the threaded twin of its kernels once, by batch size (``jit.threaded``);
+the matrix-product route's threads are its own (``gemm_conv``).
 """
 
 import numpy as np
@@ -20,28 +21,48 @@ def _pick(twin, parallel):
     return twin.parallel if parallel else twin.serial
 
 
-class ShiftedConv:
-    """A stride-1 convolution of (N, C, H, W) inputs on shifted planes (``layout``): the input's planes and the
-    output's rows (``forward``), and from the output gradient laid out as rows the gradients (``backward``); the
-    buffers of the backward are made on its first call."""
+class _ConvLayout:
+    """What both routes of a stride-1 convolution of (N, C, H, W) inputs share: the input laid out as shifted
+    planes (``layout``), the output as rows, the kernels between those and NCHW, and the backward's buffers,
+    made on its first call. A route adds ``forward`` (the rows from the planes) and ``backward``."""
 
-    def __init__(self, x_shape, weight_shape, dtype, padding):
-        geometry = self.geometry = layout.ShiftedGeometry(x_shape, weight_shape, padding)
-        self.dtype, parallel = dtype, threaded(x_shape[0])
+    def __init__(self, x_shape, weight_shape, dtype, padding, parallel):
+        self.geometry = layout.ShiftedGeometry(x_shape, weight_shape, padding)
+        self.dtype = dtype
         self.to_planes = _pick(layout.to_shifted_planes, parallel)
         self.from_rows = _pick(layout.from_rows, parallel)
         self.from_planes = _pick(layout.from_shifted_planes, parallel)
-        self.forward_rows = _pick(conv.shifted_forward, parallel)
-        self.grad_weight_parts = _pick(conv.shifted_grad_weight, parallel)
-        self.grad_input_planes = _pick(conv.shifted_grad_input, parallel)
-        self.planes = np.empty(geometry.planes_shape, dtype)
-        self.rows = np.empty(geometry.rows_shape, dtype)
-        self.zero_bias = np.zeros(weight_shape[0], dtype)  # for a convolution without bias
+        self.planes = np.empty(self.geometry.planes_shape, dtype)
+        self.rows = np.empty(self.geometry.rows_shape, dtype)
         self.grad_rows = self.grad_x = None
 
     def lay_out(self, x):
         """The shifted planes of C-ordered ``x``: what the forward and the backward read."""
         self.to_planes(x, self.geometry.padding, self.planes)
+
+    def backward_buffers(self, need_input_grad):
+        """The backward's buffers, made on first need: grad_rows, and with ``need_input_grad`` grad_planes and
+        grad_x. Return grad_rows."""
+        geometry = self.geometry
+        if self.grad_rows is None:
+            self.grad_rows = np.empty(geometry.rows_shape, self.dtype)
+        if need_input_grad and self.grad_x is None:
+            self.grad_planes = np.empty_like(self.planes)
+            self.grad_x = np.empty(geometry.x_shape, self.dtype)
+        return self.grad_rows
+
+
+class ShiftedConv(_ConvLayout):
+    """The convolution by our shifted-plane kernels (``conv``): the route of narrow layers."""
+
+    def __init__(self, x_shape, weight_shape, dtype, padding):
+        parallel = threaded(x_shape[0])
+        super().__init__(x_shape, weight_shape, dtype, padding, parallel)
+        self.forward_rows = _pick(conv.shifted_forward, parallel)
+        self.grad_weight_parts = _pick(conv.shifted_grad_weight, parallel)
+        self.grad_input_planes = _pick(conv.shifted_grad_input, parallel)
+        self.zero_bias = np.zeros(weight_shape[0], dtype)  # for a convolution without bias
+        self.partial = None
 
     def forward(self, x, weight, bias):
         """The convolution of C-ordered ``x`` into ``self.rows``, keeping the input's planes for the backward."""
@@ -64,33 +85,20 @@ class ShiftedConv:
         return self.grad_x
 
     def backward_buffers(self, need_input_grad):
-        """The backward's buffers, made on first need: grad_rows and the weight gradient's parts, and with
-        ``need_input_grad`` grad_planes and grad_x. Return grad_rows."""
-        geometry = self.geometry
-        if self.grad_rows is None:
-            self.grad_rows = np.empty(geometry.rows_shape, self.dtype)
-            self.partial = self._weight_gradient_buffer()
-        if need_input_grad and self.grad_x is None:
-            self.grad_planes = np.empty_like(self.planes)
-            self.grad_x = np.empty(geometry.x_shape, self.dtype)
-        return self.grad_rows
-
-    def _weight_gradient_buffer(self):
-        return np.empty(self.geometry.partial_shape, self.dtype)
+        if self.partial is None:  # the weight gradient's per-chunk parts
+            self.partial = np.empty(self.geometry.partial_shape, self.dtype)
+        return super().backward_buffers(need_input_grad)
 
 
-class GemmConv(ShiftedConv):
-    """The same convolution as matrix products (``gemm_conv``): the layout and the rows are the shifted
-    route's, so every op around a convolution works on either."""
+class GemmConv(_ConvLayout):
+    """The same convolution as matrix products (``gemm_conv``): the route of wide layers. Its layout's copies
+    run serially: OpenMP workers spinning after a threaded copy would take the cores from the threads of the
+    products that follow (twice the time, where the spin is on: torch's OpenMP runtime, once loaded, is
+    numba's too)."""
 
     def __init__(self, x_shape, weight_shape, dtype, padding):
-        super().__init__(x_shape, weight_shape, dtype, padding)
+        super().__init__(x_shape, weight_shape, dtype, padding, parallel=False)
         self.matrices = gemm_conv.Matrices(self.geometry, weight_shape, dtype)
-        # The layout's copies serially: OpenMP workers spinning after a threaded copy would take the cores from
-        # the threads of the products that follow (twice the time, where the spin is on: torch's OpenMP
-        # runtime, once loaded, is numba's too).
-        self.to_planes, self.from_rows = layout.to_shifted_planes.serial, layout.from_rows.serial
-        self.from_planes = layout.from_shifted_planes.serial
 
     def forward(self, x, weight, bias):
         self.lay_out(x)
@@ -103,9 +111,6 @@ class GemmConv(ShiftedConv):
             return None
         self.from_planes(self.grad_planes, self.geometry.padding, self.grad_x)
         return self.grad_x
-
-    def _weight_gradient_buffer(self):
-        return None  # the matrices keep their own
 
 
 def conv_workspace(x_shape, weight_shape, dtype, padding):
