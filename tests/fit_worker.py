@@ -23,7 +23,7 @@ def main(folder, data_root):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU(), nn.MaxPool2d(2),
                           nn.Dropout(0.2), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10)).to("numba")
     optimizer = optim.AdamW(model.parameters(), lr=1e-3)
-    loader = DataLoader(CIFAR10(data_root, limit=320), 16, shuffle=True, seed=1, backend="numba",
+    loader = DataLoader(CIFAR10(data_root, limit=960), 16, shuffle=True, seed=1, backend="numba",
                         transform=Compose([RandomCrop(32, padding=4), RandomHorizontalFlip()]))
     schedule = OneCycleLR(optimizer, max_lr=0.01, epochs=3, steps_per_epoch=len(loader))
     path = os.path.join(folder, resume.STATE_FILE)

@@ -1,5 +1,5 @@
 """Plants realistic bugs in the CUDA sources, the cupy backend's glue and the numba backend's matrix-product
-convolutions, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
+convolutions and BLAS calls, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
 
     python tests/plant_bugs.py [NAME ...]
 
@@ -21,6 +21,7 @@ OPS = ["tests/test_ops.py", "tests/test_conv2d_features.py", "tests/test_max_poo
        "tests/test_linear_relu_features.py", "tests/test_cross_entropy_features.py", "tests/test_cupy_backend.py"]
 
 GEMM_CONV = "scratchnet/backends/numba/gemm_conv.py"
+BLAS = "scratchnet/backends/numba/blas.py"
 WIDE = ["tests/test_wide_conv.py"]
 
 # name: (file, text, replacement, tests[, the tests' -k selection: the cupy ones unless given])
@@ -76,14 +77,25 @@ BUGS = {
     "GEMM conv: the packed weights' tap rows and columns swapped": (
         GEMM_CONV, "= weight.transpose(0, 2, 3, 1)", "= weight.transpose(0, 3, 2, 1)", WIDE, "gemm"),
     "GEMM conv: the bias's row of ones left at zero": (
-        GEMM_CONV, "self.cols[size] = 1", "self.cols[size] = 0", WIDE, "gemm"),
+        GEMM_CONV, "self.cols[:, self.size] = 1", "self.cols[:, self.size] = 0", WIDE, "gemm"),
     "GEMM conv: the planes' gradient misses its last tap row": (
         GEMM_CONV, "        for i in range(kh):\n            add(", "        for i in range(kh - 1):\n            add(", WIDE,
         "gemm"),
     "GEMM conv: each part's weight gradient only its first group's": (
-        GEMM_CONV, "sums[part] += grad_part  # group", "pass  # group", WIDE, "gemm"),
+        GEMM_CONV, "0.0 if g == bounds[part] else 1.0", "0.0", WIDE, "gemm"),
+    "GEMM conv: the columns laid out with the kernel's rows and columns swapped": (
+        GEMM_CONV, "copy(cols[(i * kw + j) * c + ci]", "copy(cols[(j * kh + i) * c + ci]", WIDE, "gemm"),
     "GEMM conv: the parts' weight gradients not summed": (
         GEMM_CONV, "sums[0] += sums[part]", "pass", WIDE, "gemm"),
+    "BLAS call: the operands' transposes swapped": (
+        BLAS, "builder.trunc(context.cast(builder, trans_a, signature.args[1], types.int64), int32),\n"
+              "                builder.trunc(context.cast(builder, trans_b, signature.args[2], types.int64), int32),",
+        "builder.trunc(context.cast(builder, trans_b, signature.args[2], types.int64), int32),\n"
+        "                builder.trunc(context.cast(builder, trans_a, signature.args[1], types.int64), int32),",
+        ["tests/test_blas.py"], "blas"),
+    "BLAS call: beta ignored (every product overwrites)": (
+        BLAS, "context.cast(builder, beta, signature.args[10], signature.args[-2].dtype)",
+        "ir.Constant(float_type, 0.0)", ["tests/test_blas.py", "tests/test_wide_conv.py"], "blas or gemm"),
 }
 
 

@@ -9,24 +9,22 @@ weight gradient ``grad_rows[:, g] @ cols.T`` (its last column the bias gradient)
 the columns' gradient ``W.T @ grad_rows[:, g]``, which ``planes_from_cols`` gathers
 back into the planes' gradient.
 
-The products are numpy's ``matmul``, that is the BLAS numpy is built with (OpenBLAS
-in numpy's wheels): where the sum is long and the output tall (``wins``), a tuned
-GEMM beats the shifted-plane kernels, which stream their output rows through memory
-every few taps. Each product runs on one BLAS thread (threadpoolctl limits BLAS
-while ours run), and the groups are dealt to as many Python threads as numba may
-use: BLAS's own thread pool, spinning between calls, took the cores from numba's
-kernels around it (2-3x slower steps at batch 32). A product on one thread repeats
-bit for bit, and the weight gradient sums the groups in a fixed split (``PARTS``),
-so a result never depends on the thread count.
+The products are numpy's BLAS GEMM (OpenBLAS in numpy's wheels; ``blas``), called
+from our kernels: where the sum is long and the output tall (``wins``), a tuned GEMM
+beats the shifted-plane kernels, which stream their output rows through memory every
+few taps. The groups split into a fixed number of parts (``PARTS``), a ``prange``
+over the parts runs them on numba's threads, and each product runs on the thread that
+calls it. A product on one thread repeats bit for bit, and the weight gradient sums
+each part's groups in order, then the parts in order, so a result never depends on
+the thread count.
 """
 
-import concurrent.futures
-
-import numba
 import numpy as np
-from threadpoolctl import ThreadpoolController
+from numba import prange
 
-from scratchnet.backends.numba.jit import add, fill, kernel
+from scratchnet.backends.numba import blas
+from scratchnet.backends.numba.blas import NO_TRANS, TRANS, gemm
+from scratchnet.backends.numba.jit import add, copy, fill, kernel
 
 # Where each route wins (``benchmarks/conv_routes.py`` times both on the tutorial's layers at widths 1 to 16 and
 # the next chapter's, batches 4 to 128; ``benchmarks/results/conv_routes.json``): the shifted-plane kernels run
@@ -51,10 +49,26 @@ def wins(x_shape, weight_shape):
 PARTS = 4
 
 
-@kernel(nogil=True)
+def available(dtype):
+    """Whether this route runs for ``dtype``: numpy's BLAS has a GEMM we can call (``blas.find_gemm``)."""
+    return blas.find_gemm(dtype) is not None
+
+
+@kernel()
+def fill_cols(group_planes, kh, span, cols):
+    """cols[(i * KW + j) * C + ci] = group_planes[j, ci, i * span:i * span + total] for the taps (i, j) of every
+    input channel ci; the rows after those (the bias's ones) are left alone."""
+    kw, c, total = group_planes.shape[0], group_planes.shape[1], cols.shape[1]
+    for i in range(kh):
+        for j in range(kw):
+            for ci in range(c):
+                copy(cols[(i * kw + j) * c + ci], group_planes[j, ci, i * span:i * span + total])
+
+
+@kernel()
 def planes_from_cols(grad_cols, kh, span, grad_planes):
     """grad_planes[r, q] = sum over i of grad_cols[i * R + r, q - i * span] (where that column exists), for the
-    R rows ``(j, ci)`` of one group's planes; summed in tap order, so the same on any thread count."""
+    R rows ``(j, ci)`` of one group's planes; summed in tap order."""
     rows, total = grad_planes.shape[0], grad_cols.shape[1]
     for r in range(rows):
         dst = grad_planes[r]
@@ -63,44 +77,55 @@ def planes_from_cols(grad_cols, kh, span, grad_planes):
             add(dst[i * span:i * span + total], grad_cols[i * rows + r])
 
 
-class _Lane:
-    """One thread's share of the products: a group's columns and their gradient, made on first need."""
+@kernel(parallel=True)
+def products_forward(routine, planes, packed, kh, span, bounds, cols, rows):
+    """rows[:, g] = packed @ cols of group g, the parts of the groups (``bounds``) on numba's threads."""
+    out_c, width = packed.shape
+    groups, total = rows.shape[1], rows.shape[2]
+    for part in prange(bounds.size - 1):
+        part_cols = cols[part]
+        for g in range(bounds[part], bounds[part + 1]):
+            fill_cols(planes[g], kh, span, part_cols)
+            gemm(routine, NO_TRANS, NO_TRANS, out_c, total, width, packed, width, part_cols, total, 0.0,
+                 rows[:, g], groups * total)
 
-    def __init__(self, geometry, size, dtype):
-        self.geometry, self.size = geometry, size
-        self.cols = np.empty((size + 1, geometry.total), dtype)
-        self.cols[size] = 1  # the bias's row: the copies never reach it
-        self.grad_cols = self.grad_part = None
 
-    def fill_cols(self, group_planes, kh):
-        """The columns of one group from its planes (kw, C, L): tap row ``i`` is every plane read from ``i * span``."""
-        kw, c, _ = group_planes.shape
-        planes = group_planes.reshape(kw * c, -1)
-        span, total = self.geometry.span, self.geometry.total
-        for i in range(kh):
-            self.cols[i * kw * c:(i + 1) * kw * c] = planes[:, i * span:i * span + total]
-
-    def backward_buffers(self, packed):
-        if self.grad_part is None:
-            self.grad_part = np.empty_like(packed)
-            self.grad_cols = np.empty((self.size, self.geometry.total), packed.dtype)
-        return self.grad_part, self.grad_cols
+@kernel(parallel=True)
+def products_backward(routine, planes, packed, grad_rows, kh, span, bounds, cols, grad_cols, sums, grad_planes):
+    """sums[part] = sum over the part's groups g, in order, of grad_rows[:, g] @ cols.T; and, where ``grad_planes``
+    has groups, each group's planes' gradient from packed[:, :-1].T @ grad_rows[:, g]."""
+    out_c, width = packed.shape
+    groups, total = grad_rows.shape[1], grad_rows.shape[2]
+    kw, c = planes.shape[1], planes.shape[2]
+    for part in prange(bounds.size - 1):
+        part_cols, part_grad_cols = cols[part], grad_cols[part]
+        for g in range(bounds[part], bounds[part + 1]):
+            fill_cols(planes[g], kh, span, part_cols)
+            gemm(routine, NO_TRANS, TRANS, out_c, width, total, grad_rows[:, g], groups * total, part_cols, total,
+                 0.0 if g == bounds[part] else 1.0, sums[part], width)  # the part's first group, then added
+            if grad_planes.shape[0]:
+                gemm(routine, TRANS, NO_TRANS, width - 1, total, out_c, packed, width, grad_rows[:, g],
+                     groups * total, 0.0, part_grad_cols, total)
+                planes_from_cols(part_grad_cols, kh, span, grad_planes[g].reshape(kw * c, -1))
 
 
 class Matrices:
-    """The matrices of one convolution's products, allocated once: the packed weights, each thread's columns,
-    and the weight gradient's partial sums (one per part of the groups)."""
+    """The matrices of one convolution's products, allocated once: the packed weights, and per part of the
+    groups its columns, their gradient and the weight gradient's partial sum."""
 
     def __init__(self, geometry, weight_shape, dtype):
         out_c, c, kh, kw = weight_shape
         self.geometry, self.weight_shape, self.dtype = geometry, weight_shape, dtype
+        self.routine = blas.find_gemm(dtype).routine
         self.size = c * kh * kw
         self.packed = np.empty((out_c, self.size + 1), dtype)  # W: columns (i, j, ci), then the bias
         groups = geometry.groups
         parts = min(PARTS, groups)
-        self.parts = [range(p * groups // parts, (p + 1) * groups // parts) for p in range(parts)]
-        self.lanes = []
-        self.grad_sums = None
+        self.bounds = np.array([p * groups // parts for p in range(parts + 1)], np.int64)
+        self.cols = np.empty((parts, self.size + 1, geometry.total), dtype)
+        self.cols[:, self.size] = 1  # the bias's row: the copies never reach it
+        self.grad_cols = self.grad_sums = None
+        self.no_grad_planes = np.empty((0,) + geometry.planes_shape[1:], dtype)
 
     def pack(self, weight, bias):
         out_c, c, kh, kw = self.weight_shape
@@ -110,81 +135,26 @@ class Matrices:
     def forward(self, planes, weight, bias, rows):
         """rows[:, g] = W @ cols of group g, the bias included."""
         self.pack(weight, bias)
-        kh = self.weight_shape[2]
-
-        def part_forward(lane, part):
-            for g in self.parts[part]:
-                lane.fill_cols(planes[g], kh)
-                np.matmul(self.packed, lane.cols, out=rows[:, g])
-
-        self._run(part_forward)
+        with blas.one_blas_thread():
+            products_forward(self.routine, planes, self.packed, self.weight_shape[2], self.geometry.span,
+                             self.bounds, self.cols, rows)
 
     def backward(self, planes, weight, grad_rows, grad_weight, grad_bias, grad_planes=None):
         """Add the weight and bias gradients into ``grad_weight`` / ``grad_bias`` (None: none wanted); with
         ``grad_planes``, fill it with the planes' gradient."""
         out_c, c, kh, kw = self.weight_shape
-        size, span = self.size, self.geometry.span
         if self.grad_sums is None:
-            self.grad_sums = np.empty((len(self.parts),) + self.packed.shape, self.dtype)
+            self.grad_sums = np.empty((len(self.cols),) + self.packed.shape, self.dtype)
+            self.grad_cols = np.empty((len(self.cols), self.size, self.geometry.total), self.dtype)
         if grad_planes is not None:
             self.pack(weight, None)
         sums = self.grad_sums
-
-        def part_backward(lane, part):
-            grad_part, grad_cols = lane.backward_buffers(self.packed)
-            for index, g in enumerate(self.parts[part]):
-                lane.fill_cols(planes[g], kh)
-                np.matmul(grad_rows[:, g], lane.cols.T, out=grad_part if index else sums[part])
-                if index:
-                    sums[part] += grad_part  # group by group, in order
-                if grad_planes is not None:
-                    np.matmul(self.packed[:, :size].T, grad_rows[:, g], out=grad_cols)
-                    planes_from_cols(grad_cols, kh, span, grad_planes[g].reshape(kw * c, -1))
-
-        self._run(part_backward)
-        for part in range(1, len(self.parts)):  # the parts' sums in order: the same on any thread count
+        with blas.one_blas_thread():
+            products_backward(self.routine, planes, self.packed, grad_rows, kh, self.geometry.span, self.bounds,
+                              self.cols, self.grad_cols, sums,
+                              self.no_grad_planes if grad_planes is None else grad_planes)
+        for part in range(1, len(sums)):  # the parts' sums in order: the same on any thread count
             sums[0] += sums[part]
-        grad_weight += sums[0, :, :size].reshape(out_c, kh, kw, c).transpose(0, 3, 1, 2)
+        grad_weight += sums[0, :, :self.size].reshape(out_c, kh, kw, c).transpose(0, 3, 1, 2)
         if grad_bias is not None:
-            grad_bias += sums[0, :, size]
-
-    def _run(self, part_job):
-        """``part_job(lane, part)`` for every part, the parts dealt to as many threads as numba may use (each
-        product on one BLAS thread: BLAS's own pool would fight numba's for the cores)."""
-        lanes = min(numba.get_num_threads(), len(self.parts))
-        while len(self.lanes) < lanes:
-            self.lanes.append(_Lane(self.geometry, self.size, self.dtype))
-
-        def lane_job(lane):
-            for part in range(lane, len(self.parts), lanes):
-                part_job(self.lanes[lane], part)
-
-        with _blas_threads(1):
-            if lanes == 1:
-                lane_job(0)
-                return
-            others = [_pool(lanes - 1).submit(lane_job, lane) for lane in range(1, lanes)]
-            lane_job(0)
-            for other in others:
-                other.result()
-
-
-def _blas_threads(count):
-    """A context in which numpy's BLAS runs on ``count`` threads (threadpoolctl's; made once)."""
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=count, user_api="blas")
-
-
-def _pool(workers):
-    """A thread pool of at least ``workers`` threads, kept for the next call."""
-    global _POOL, _POOL_WORKERS
-    if _POOL_WORKERS < workers:
-        _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scratchnet-gemm")
-        _POOL_WORKERS = workers
-    return _POOL
-
-
-_BLAS = _POOL = None
-_POOL_WORKERS = 0
+            grad_bias += sums[0, :, self.size]

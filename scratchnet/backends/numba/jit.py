@@ -10,12 +10,10 @@ depend on the thread count or timing. Each threaded kernel also has a serial
 twin, which small batches use (see ``PARALLEL_MIN_BATCH``).
 """
 
-import os
 import types
 
 import numba
 from numba import njit
-from numba.np.ufunc import parallel as _numba_parallel
 
 FLAGS = {"contract", "reassoc"}
 
@@ -43,23 +41,6 @@ class Twin:
     def run(self, threaded, *args):
         return (self.parallel if threaded else self.serial)(*args)
 
-
-def _start_threads_sleeping_when_idle():
-    """Start numba's thread pool with workers that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``) instead of
-    spinning a while, unless the user chose a policy: spinning workers take the cores from the threads that run
-    the wide convolutions' products between our kernels (``gemm_conv``). The variable is set only while numba's
-    OpenMP runtime loads and reads it, so an OpenMP library loaded later (torch's) keeps its own default."""
-    chosen = "OMP_WAIT_POLICY" in os.environ
-    if not chosen:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        _numba_parallel._launch_threads()
-    finally:
-        if not chosen:
-            del os.environ["OMP_WAIT_POLICY"]
-
-
-_start_threads_sleeping_when_idle()
 
 # Below this batch size every kernel runs serially: waking threads (and, on a busy
 # machine, waiting for a core) costs more than splitting a few images' work gains.

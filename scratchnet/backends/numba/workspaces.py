@@ -6,8 +6,7 @@ call, so a training step neither allocates nor lays out anything (llm.c's way). 
 op runs the same kernels in the same order, so the results are the same bit for bit. What an op
 returns out of a workspace is overwritten by the op's next call with it.
 
-Each workspace picks the serial or the threaded twin of its kernels once, by batch size (``jit.threaded``);
-the matrix-product route's threads are its own (``gemm_conv``).
+Each workspace picks the serial or the threaded twin of its kernels once, by batch size (``jit.threaded``).
 """
 
 import numpy as np
@@ -91,13 +90,10 @@ class ShiftedConv(_ConvLayout):
 
 
 class GemmConv(_ConvLayout):
-    """The same convolution as matrix products (``gemm_conv``): the route of wide layers. Its layout's copies
-    run serially: OpenMP workers spinning after a threaded copy would take the cores from the threads of the
-    products that follow (twice the time, where the spin is on: torch's OpenMP runtime, once loaded, is
-    numba's too)."""
+    """The same convolution as matrix products (``gemm_conv``): the route of wide layers."""
 
     def __init__(self, x_shape, weight_shape, dtype, padding):
-        super().__init__(x_shape, weight_shape, dtype, padding, parallel=False)
+        super().__init__(x_shape, weight_shape, dtype, padding, threaded(x_shape[0]))
         self.matrices = gemm_conv.Matrices(self.geometry, weight_shape, dtype)
 
     def forward(self, x, weight, bias):
@@ -114,8 +110,9 @@ class GemmConv(_ConvLayout):
 
 
 def conv_workspace(x_shape, weight_shape, dtype, padding):
-    """The workspace of a stride-1 convolution, on the route that runs it faster (``gemm_conv.wins``)."""
-    route = GemmConv if gemm_conv.wins(x_shape, weight_shape) else ShiftedConv
+    """The workspace of a stride-1 convolution, on the route that runs it faster (``gemm_conv.wins``), where
+    that route can run (``gemm_conv.available``)."""
+    route = GemmConv if gemm_conv.wins(x_shape, weight_shape) and gemm_conv.available(dtype) else ShiftedConv
     return route(x_shape, weight_shape, dtype, padding)
 
 
@@ -137,11 +134,11 @@ class ConvReLUPool:
         shape = (x_shape[0], weight_shape[0], conv_output_size(out_h, pool_kernel, pool_stride),
                  conv_output_size(out_w, pool_kernel, pool_stride))
         self.pool_2x2 = pool_kernel == pool_stride == 2
-        parallel = threaded(x_shape[0]) and not isinstance(self.conv, GemmConv)  # serial beside products (above)
+        parallel = threaded(x_shape[0])
         # Threaded 2x2 windows keep their argmax as a tap (a byte: a quarter of the pool's memory traffic at batch
         # 128), for a backward that writes the rows block by block; otherwise as a position in the rows, for the
         # serial scatter (at the tutorial's batch of 4, twice as fast).
-        self.as_taps = self.pool_2x2 and threaded(x_shape[0])
+        self.as_taps = self.pool_2x2 and parallel
         self.y, self.indices = np.empty(shape, dtype), np.empty(shape, np.int8 if self.as_taps else np.int64)
         self.pool = _pick(pooling.relu_max_pool_rows_2x2 if self.pool_2x2 else pooling.relu_max_pool_rows, parallel)
         self.grad_rows_from_pool_2x2 = _pick(pooling.grad_rows_from_pool_2x2, parallel)
