@@ -1,11 +1,13 @@
-"""CPU benchmark: the numba backend's two convolution routes, layer by layer: what ``gemm_conv.wins`` rests on.
+"""CPU benchmark: the numba backend's convolution routes, layer by layer: what ``gemm_conv.wins`` and
+``gemm_conv.VIEWS_FROM`` rest on.
 
     python -m benchmarks.conv_routes --json benchmarks/results/conv_routes.json
 
 For each stride-1 layer of the tutorial Net at widths 1 to 16 and of the next chapter's network, and each
 batch size, one training pass of the layer alone (forward into the rows, backward with the input gradient
-but for the first layers, in float32, from workspaces made beforehand) on shifted planes and as matrix products, alternating, the
-median of the repeats; with the route ``wins`` picks and whether it is the faster.
+but for the first layers, in float32, from workspaces made beforehand) on shifted planes and as matrix products
+in both forms (over views of the planes, over copies), alternating, the median of the repeats; with the route
+the backend picks and whether it is the faster.
 """
 
 import argparse
@@ -19,6 +21,7 @@ from scratchnet.backends.numba import gemm_conv, workspaces
 from scratchnet.files import write_json
 from scratchnet.models import layout
 
+FORMS = {"gemm-views": 0, "gemm-copies": 10 ** 9}  # gemm_conv.VIEWS_FROM giving each form
 MODERN = [("modern conv1", 3, 64, 32, 3, 1), ("modern conv2", 64, 128, 16, 3, 1), ("modern conv3", 128, 256, 8, 3, 1)]
 
 
@@ -48,8 +51,14 @@ def measure(batch, in_c, out_c, size, kernel, padding, repeats):
     x = rng.standard_normal((batch, in_c, size, size)).astype(np.float32)
     weight = (rng.standard_normal((out_c, in_c, kernel, kernel)) * 0.1).astype(np.float32)
     bias = np.zeros(out_c, np.float32)
-    works = {route: route_class(x.shape, weight.shape, np.float32, padding)
-             for route, route_class in (("shifted", workspaces.ShiftedConv), ("gemm", workspaces.GemmConv))}
+    works = {"shifted": workspaces.ShiftedConv(x.shape, weight.shape, np.float32, padding)}
+    chosen = gemm_conv.VIEWS_FROM
+    try:
+        for form, views_from in FORMS.items():
+            gemm_conv.VIEWS_FROM = views_from  # read as the products' matrices are made
+            works[form] = workspaces.GemmConv(x.shape, weight.shape, np.float32, padding)
+    finally:
+        gemm_conv.VIEWS_FROM = chosen
     for work in works.values():
         work.backward_buffers(True)[...] = rng.standard_normal(work.rows.shape).astype(np.float32)
         _pass(work, x, weight, bias)  # warm up
@@ -72,14 +81,16 @@ def main(argv=None):
     for batch in args.batch_sizes:
         for name, in_c, out_c, size, kernel, padding in layers():
             seconds = measure(batch, in_c, out_c, size, kernel, padding, args.repeats)
-            picked = "gemm" if gemm_conv.wins((batch, in_c, size, size), (out_c, in_c, kernel, kernel)) else "shifted"
+            picked = "shifted"
+            if gemm_conv.wins((batch, in_c, size, size), (out_c, in_c, kernel, kernel)):
+                picked = "gemm-views" if in_c * kernel >= gemm_conv.VIEWS_FROM else "gemm-copies"
             faster = min(seconds, key=seconds.get)
             rows.append({"layer": name, "batch": batch, "in_channels": in_c, "out_channels": out_c, "size": size,
                          "kernel": kernel, "padding": padding, "seconds": seconds, "picked": picked,
                          "faster": faster, "picked_over_faster": seconds[picked] / seconds[faster]})
-            print(f"batch {batch:4d} {name:18s} {in_c:4d}->{out_c:4d} {kernel}x{kernel}: shifted "
-                  f"{seconds['shifted'] * 1e3:8.2f} ms, gemm {seconds['gemm'] * 1e3:8.2f} ms; picked {picked:7s}"
-                  f"{'' if picked == faster else f' (the other is {seconds[picked] / seconds[faster]:.2f}x faster)'}",
+            times = ", ".join(f"{route} {value * 1e3:8.2f} ms" for route, value in seconds.items())
+            print(f"batch {batch:4d} {name:18s} {in_c:4d}->{out_c:4d} {kernel}x{kernel}: {times}; picked {picked:11s}"
+                  f"{'' if picked == faster else f' ({faster} is {seconds[picked] / seconds[faster]:.2f}x faster)'}",
                   flush=True)
     if args.json:
         write_json(args.json, {"machine": machine(), "repeats": args.repeats, "rows": rows})

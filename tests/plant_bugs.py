@@ -87,6 +87,15 @@ BUGS = {
         GEMM_CONV, "copy(cols[(i * kw + j) * c + ci]", "copy(cols[(j * kh + i) * c + ci]", WIDE, "gemm"),
     "GEMM conv: the parts' weight gradients not summed": (
         GEMM_CONV, "sums[0] += sums[part]", "pass", WIDE, "gemm"),
+    "GEMM conv, views: the bias not laid down before the tap rows' products": (
+        GEMM_CONV, "fill(out[o], packed[o, row_length])", "fill(out[o], 0)", WIDE, "gemm"),
+    "GEMM conv, views: the tap rows read in reverse": (
+        GEMM_CONV, "width, group_planes[i * span:], plane_length, 1.0, out,",
+        "width, group_planes[(kh - 1 - i) * span:], plane_length, 1.0, out,", WIDE, "gemm"),
+    "GEMM conv, views: the bias gradient only the part's last group's": (
+        GEMM_CONV, "(part_sums[o, row_length] if beta else 0)", "0", WIDE, "gemm"),
+    "GEMM conv, views: the planes' gradient not cleared before the tap rows add into it": (
+        GEMM_CONV, "                fill(group_grad, 0)\n", "", WIDE, "gemm"),
     "BLAS call: the operands' transposes swapped": (
         BLAS, "builder.trunc(context.cast(builder, trans_a, signature.args[1], types.int64), int32),\n"
               "                builder.trunc(context.cast(builder, trans_b, signature.args[2], types.int64), int32),",

@@ -23,14 +23,20 @@ from scratchnet.models import Net, layout
 from scratchnet.step import compile_step
 
 DTYPES = [np.float32, np.float64]
-CASES = 10
+CASES = 12  # case 11: parts of several groups (17 images, one a group), with a bias
 
 
-@pytest.fixture(params=["shifted", "gemm"])
+# The matrix-product route's two forms: every tap row's products over views of the planes, or one over copies.
+FORMS = {"gemm-views": 0, "gemm-copies": 10 ** 9}  # gemm_conv.VIEWS_FROM
+
+
+@pytest.fixture(params=["shifted", *FORMS])
 def route(request, monkeypatch):
-    """Every stride-1 convolution on one route, whatever its width."""
-    wide = request.param == "gemm"
+    """Every stride-1 convolution on one route (and form), whatever its width."""
+    wide = request.param in FORMS
     monkeypatch.setattr(gemm_conv, "wins", lambda x_shape, weight_shape: wide)
+    if wide:
+        monkeypatch.setattr(gemm_conv, "VIEWS_FROM", FORMS[request.param])
     return request.param
 
 
@@ -96,7 +102,7 @@ def test_fused_conv_relu_pool_matches_torch_on_both_routes(route, dtype, index, 
     numba = backends.get("numba")
     geometry = (1, case["padding"], 2, 2)
     y, saved = numba.conv2d_relu_max_pool2d_forward(x, weight, bias, *geometry)
-    assert type(saved.conv).__name__ == ("GemmConv" if route == "gemm" else "ShiftedConv")
+    assert type(saved.conv).__name__ == ("GemmConv" if route in FORMS else "ShiftedConv")
     grad_weight, grad_bias = np.zeros_like(weight), None if bias is None else np.zeros_like(bias)
     grad_x = numba.conv2d_relu_max_pool2d_backward(x, weight, saved, grad_y, *geometry, grad_weight, grad_bias,
                                                    need_input_grad)
@@ -111,20 +117,23 @@ def test_fused_conv_relu_pool_matches_torch_on_both_routes(route, dtype, index, 
 
 
 def test_the_routes_agree_in_float64(monkeypatch):
-    """A wide layer of the next chapter's network on both routes: the same sums in another order."""
+    """A wide layer of the next chapter's network on both routes, the products in both forms: the same sums in
+    other orders."""
     rng = np.random.default_rng(5)
     x, weight, bias = rng.standard_normal((12, 48, 8, 8)), rng.standard_normal((64, 48, 3, 3)), rng.standard_normal(64)
     grad_y = rng.standard_normal((12, 64, 8, 8))
     numba, geometry = backends.get("numba"), ((1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     results = {}
-    for wide in (False, True):
-        monkeypatch.setattr(gemm_conv, "wins", lambda x_shape, weight_shape, wide=wide: wide)
+    for route in ("shifted", *FORMS):
+        monkeypatch.setattr(gemm_conv, "wins", lambda x_shape, weight_shape, wide=route in FORMS: wide)
+        monkeypatch.setattr(gemm_conv, "VIEWS_FROM", FORMS.get(route, 0))
         grad_weight, grad_bias = np.zeros_like(weight), np.zeros_like(bias)
         y = numba.conv2d_forward(x, weight, bias, *geometry)
         grad_x = numba.conv2d_backward(x, weight, grad_y, *geometry, grad_weight, grad_bias)
-        results[wide] = (y, grad_x, grad_weight, grad_bias)
-    for shifted, gemm in zip(results[False], results[True]):
-        assert relative_error(gemm, shifted) <= 1e-13
+        results[route] = (y, grad_x, grad_weight, grad_bias)
+    for form in FORMS:
+        for shifted, gemm in zip(results["shifted"], results[form]):
+            assert relative_error(gemm, shifted) <= 1e-13, form
 
 
 def test_each_tutorial_layer_takes_the_route_measured_faster():
@@ -148,8 +157,9 @@ _RUN = """
 import sys
 import numba
 import numpy as np
-from scratchnet.backends.numba import workspaces
+from scratchnet.backends.numba import gemm_conv, workspaces
 numba.set_num_threads(int(sys.argv[2]))
+gemm_conv.VIEWS_FROM = int(sys.argv[3])
 rng = np.random.default_rng(0)
 x, weight, bias = (rng.standard_normal(s).astype(np.float32) for s in ((32, 64, 12, 12), (96, 64, 5, 5), (96,)))
 work = workspaces.GemmConv(x.shape, weight.shape, np.float32, 2)
@@ -162,14 +172,15 @@ np.savez(sys.argv[1], y=work.rows, grad_x=grad_x, grad_weight=grad_weight, grad_
 
 
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores to run two threads")
-def test_matrix_products_are_the_same_on_one_and_two_threads(tmp_path):
+@pytest.mark.parametrize("form", FORMS)
+def test_matrix_products_are_the_same_on_one_and_two_threads(tmp_path, form):
     """numba's threads (the groups dealt to threads) and BLAS's (its pool, which the route limits to one) alike:
     the same bits."""
     results = []
     for numba_threads, blas_threads in (("1", "1"), ("2", "2"), ("2", "1"), ("1", "2")):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": blas_threads, "MKL_NUM_THREADS": blas_threads}
         path = tmp_path / f"{numba_threads}-{blas_threads}.npz"
-        subprocess.run([sys.executable, "-c", _RUN, str(path), numba_threads], env=env, check=True)
+        subprocess.run([sys.executable, "-c", _RUN, str(path), numba_threads, str(FORMS[form])], env=env, check=True)
         with np.load(path) as saved:
             results.append({name: saved[name] for name in saved.files})
     for other in results[1:]:

@@ -1,22 +1,26 @@
 """Convolutions as matrix products: the route of wide layers.
 
-A group's output rows (``layout``: ``rows[o, g, p]``) are one matrix product,
-``rows[:, g] = W @ cols``, where row ``(i, j, ci)`` of ``cols`` is the shifted plane
-``planes[g, j, ci]`` read from ``i * span`` on (the plane's tap row ``i``): each row
-of ``cols`` is one contiguous copy, and the bias rides along as a last row of ones
-against a last column of ``W``. The backward is two more products per group: the
-weight gradient ``grad_rows[:, g] @ cols.T`` (its last column the bias gradient) and
-the columns' gradient ``W.T @ grad_rows[:, g]``, which ``planes_from_cols`` gathers
-back into the planes' gradient.
+A group's output rows (``layout``: ``rows[o, g, p]``) are ``W @ cols``, where row
+``(i, j, ci)`` of ``cols`` is the shifted plane ``planes[g, j, ci]`` read from
+``i * span`` on (the plane's tap row ``i``). So the rows of ``cols`` of one tap row
+``i`` are the group's planes themselves, one plane length apart, from ``i * span`` on:
+where a tap row's sum (``KW * C``) is long (``VIEWS_FROM``), the product is ``KH``
+products over those views of the planes, one per tap row, added up, and nothing is
+copied. Where it is short (a first layer's 3 channels), one product over a ``cols``
+that copies every tap row gives BLAS a sum long enough to run at speed; the bias then
+rides along as a last row of ones against a last column of ``W``. The backward runs the
+same products transposed: the weight gradient ``grad_rows[:, g] @ cols.T`` and the
+planes' gradient from ``W.T @ grad_rows[:, g]`` (added into each tap row's view, or
+gathered back from the copies by ``planes_from_cols``).
 
 The products are numpy's BLAS GEMM (OpenBLAS in numpy's wheels; ``blas``), called
-from our kernels: where the sum is long and the output tall (``wins``), a tuned GEMM
-beats the shifted-plane kernels, which stream their output rows through memory every
-few taps. The groups split into a fixed number of parts (``PARTS``), a ``prange``
-over the parts runs them on numba's threads, and each product runs on the thread that
-calls it. A product on one thread repeats bit for bit, and the weight gradient sums
-each part's groups in order, then the parts in order, so a result never depends on
-the thread count.
+from our kernels: where the layer is wide (``wins``), a tuned GEMM beats the
+shifted-plane kernels, which stream their output rows through memory every few taps.
+The groups split into a fixed number of parts (``PARTS``), a ``prange`` over the parts
+runs them on numba's threads, and each product runs on the thread that calls it. A
+product on one thread repeats bit for bit, and the weight gradient sums each part's
+groups in order, then the parts in order, so a result never depends on the thread
+count.
 """
 
 import numpy as np
@@ -77,41 +81,80 @@ def planes_from_cols(grad_cols, kh, span, grad_planes):
             add(dst[i * span:i * span + total], grad_cols[i * rows + r])
 
 
+# A tap row's sum (input channels x kernel width) from which its views of the planes feed the products directly
+# (``benchmarks/conv_routes.py``: over copies faster at 15, a first layer's 3 channels x 5; over views at 30):
+# shorter sums run BLAS below speed, and one product over copies of every tap row wins.
+VIEWS_FROM = 24
+
+
 @kernel(parallel=True)
 def products_forward(routine, planes, packed, kh, span, bounds, cols, rows):
-    """rows[:, g] = packed @ cols of group g, the parts of the groups (``bounds``) on numba's threads."""
+    """rows[:, g] = packed @ cols of group g, from views of its planes or, where ``cols`` has parts, from copies;
+    the parts of the groups (``bounds``) on numba's threads."""
     out_c, width = packed.shape
     groups, total = rows.shape[1], rows.shape[2]
+    row_length = width - 1
+    tap_row_length, plane_length = row_length // kh, planes.shape[3]
     for part in prange(bounds.size - 1):
-        part_cols = cols[part]
         for g in range(bounds[part], bounds[part + 1]):
-            fill_cols(planes[g], kh, span, part_cols)
-            gemm(routine, NO_TRANS, NO_TRANS, out_c, total, width, packed, width, part_cols, total, 0.0,
-                 rows[:, g], groups * total)
+            out = rows[:, g]
+            if cols.shape[0]:
+                fill_cols(planes[g], kh, span, cols[part])
+                gemm(routine, NO_TRANS, NO_TRANS, out_c, total, width, packed, width, cols[part], total, 0.0,
+                     out, groups * total)
+                continue
+            for o in range(out_c):
+                fill(out[o], packed[o, row_length])  # the bias, then each tap row's product added
+            group_planes = planes[g].reshape(-1)
+            for i in range(kh):
+                gemm(routine, NO_TRANS, NO_TRANS, out_c, total, tap_row_length, packed[:, i * tap_row_length:],
+                     width, group_planes[i * span:], plane_length, 1.0, out, groups * total)
 
 
 @kernel(parallel=True)
 def products_backward(routine, planes, packed, grad_rows, kh, span, bounds, cols, grad_cols, sums, grad_planes):
-    """sums[part] = sum over the part's groups g, in order, of grad_rows[:, g] @ cols.T; and, where ``grad_planes``
-    has groups, each group's planes' gradient from packed[:, :-1].T @ grad_rows[:, g]."""
+    """sums[part] = sum over the part's groups g, in order, of grad_rows[:, g] @ cols.T (the last column the bias's
+    gradient); and, where ``grad_planes`` has groups, each group's planes' gradient from
+    packed[:, :-1].T @ grad_rows[:, g]. From views of the planes or, where ``cols`` has parts, from copies."""
     out_c, width = packed.shape
     groups, total = grad_rows.shape[1], grad_rows.shape[2]
-    kw, c = planes.shape[1], planes.shape[2]
+    row_length = width - 1
+    tap_row_length, plane_length = row_length // kh, planes.shape[3]
     for part in prange(bounds.size - 1):
-        part_cols, part_grad_cols = cols[part], grad_cols[part]
+        part_sums = sums[part]
         for g in range(bounds[part], bounds[part + 1]):
-            fill_cols(planes[g], kh, span, part_cols)
-            gemm(routine, NO_TRANS, TRANS, out_c, width, total, grad_rows[:, g], groups * total, part_cols, total,
-                 0.0 if g == bounds[part] else 1.0, sums[part], width)  # the part's first group, then added
+            grad_out = grad_rows[:, g]
+            beta = 0.0 if g == bounds[part] else 1.0  # the part's first group, then added
+            if cols.shape[0]:
+                fill_cols(planes[g], kh, span, cols[part])
+                gemm(routine, NO_TRANS, TRANS, out_c, width, total, grad_out, groups * total, cols[part], total,
+                     beta, part_sums, width)
+                if grad_planes.shape[0]:
+                    gemm(routine, TRANS, NO_TRANS, row_length, total, out_c, packed, width, grad_out, groups * total,
+                         0.0, grad_cols[part], total)
+                    planes_from_cols(grad_cols[part], kh, span, grad_planes[g].reshape(row_length // kh, -1))
+                continue
+            group_planes = planes[g].reshape(-1)
+            for i in range(kh):
+                gemm(routine, NO_TRANS, TRANS, out_c, tap_row_length, total, grad_out, groups * total,
+                     group_planes[i * span:], plane_length, beta, part_sums[:, i * tap_row_length:], width)
+            for o in range(out_c):
+                total_o = part_sums.dtype.type(0)
+                for p in range(total):
+                    total_o += grad_out[o, p]
+                part_sums[o, row_length] = total_o + (part_sums[o, row_length] if beta else 0)
             if grad_planes.shape[0]:
-                gemm(routine, TRANS, NO_TRANS, width - 1, total, out_c, packed, width, grad_rows[:, g],
-                     groups * total, 0.0, part_grad_cols, total)
-                planes_from_cols(part_grad_cols, kh, span, grad_planes[g].reshape(kw * c, -1))
+                group_grad = grad_planes[g].reshape(-1)
+                fill(group_grad, 0)
+                for i in range(kh):  # tap row by tap row, into overlapping views: the same order on any thread
+                    gemm(routine, TRANS, NO_TRANS, tap_row_length, total, out_c, packed[:, i * tap_row_length:],
+                         width, grad_out, groups * total, 1.0, group_grad[i * span:], plane_length)
 
 
 class Matrices:
     """The matrices of one convolution's products, allocated once: the packed weights, and per part of the
-    groups its columns, their gradient and the weight gradient's partial sum."""
+    groups the weight gradient's partial sum and, where the products read copies (``VIEWS_FROM``), the
+    columns and their gradient."""
 
     def __init__(self, geometry, weight_shape, dtype):
         out_c, c, kh, kw = weight_shape
@@ -122,7 +165,9 @@ class Matrices:
         groups = geometry.groups
         parts = min(PARTS, groups)
         self.bounds = np.array([p * groups // parts for p in range(parts + 1)], np.int64)
-        self.cols = np.empty((parts, self.size + 1, geometry.total), dtype)
+        self.parts = parts
+        copies = parts if kw * c < VIEWS_FROM else 0
+        self.cols = np.empty((copies, self.size + 1, geometry.total), dtype)
         self.cols[:, self.size] = 1  # the bias's row: the copies never reach it
         self.grad_cols = self.grad_sums = None
         self.no_grad_planes = np.empty((0,) + geometry.planes_shape[1:], dtype)
@@ -133,7 +178,7 @@ class Matrices:
         self.packed[:, -1] = 0 if bias is None else bias
 
     def forward(self, planes, weight, bias, rows):
-        """rows[:, g] = W @ cols of group g, the bias included."""
+        """rows[:, g] = W @ cols of group g, plus the bias."""
         self.pack(weight, bias)
         with blas.one_blas_thread():
             products_forward(self.routine, planes, self.packed, self.weight_shape[2], self.geometry.span,
@@ -144,7 +189,7 @@ class Matrices:
         ``grad_planes``, fill it with the planes' gradient."""
         out_c, c, kh, kw = self.weight_shape
         if self.grad_sums is None:
-            self.grad_sums = np.empty((len(self.cols),) + self.packed.shape, self.dtype)
+            self.grad_sums = np.empty((self.parts,) + self.packed.shape, self.dtype)
             self.grad_cols = np.empty((len(self.cols), self.size, self.geometry.total), self.dtype)
         if grad_planes is not None:
             self.pack(weight, None)
