@@ -1,5 +1,5 @@
 """Plants realistic bugs in the CUDA sources, the cupy backend's glue and the numba backend's matrix-product
-convolutions and BLAS calls, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
+convolutions, BLAS calls and next-chapter kernels, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
 
     python tests/plant_bugs.py [NAME ...]
 
@@ -22,6 +22,7 @@ OPS = ["tests/test_ops.py", "tests/test_conv2d_features.py", "tests/test_max_poo
 
 GEMM_CONV = "scratchnet/backends/numba/gemm_conv.py"
 BLAS = "scratchnet/backends/numba/blas.py"
+POOLING = "scratchnet/backends/numba/pooling.py"
 WIDE = ["tests/test_wide_conv.py"]
 
 # name: (file, text, replacement, tests[, the tests' -k selection: the cupy ones unless given])
@@ -96,6 +97,15 @@ BUGS = {
         GEMM_CONV, "(part_sums[o, row_length] if beta else 0)", "0", WIDE, "gemm"),
     "GEMM conv, views: the planes' gradient not cleared before the tap rows add into it": (
         GEMM_CONV, "                fill(group_grad, 0)\n", "", WIDE, "gemm"),
+    "2x2 max-pool: a NaN in the window not taken": (
+        POOLING, "better = (value > best) | (value != value)", "better = value > best",
+        ["tests/test_max_pool2d_features.py"], "2x2 and numba"),
+    "2x2 max-pool: the last of equal maxima taken": (
+        POOLING, "better = (value > best) | (value != value)", "better = (value >= best) | (value != value)",
+        ["tests/test_max_pool2d_features.py"], "2x2 and numba"),
+    "batch norm: the input gradient's mean term dropped": (
+        "scratchnet/backends/numba/norm.py", "out[s] = (grads[s] - shift - (row[s] - m) * factor) * scale",
+        "out[s] = (grads[s] - (row[s] - m) * factor) * scale", ["tests/test_next_chapter_ops.py"], "numba and norm"),
     "BLAS call: the operands' transposes swapped": (
         BLAS, "builder.trunc(context.cast(builder, trans_a, signature.args[1], types.int64), int32),\n"
               "                builder.trunc(context.cast(builder, trans_b, signature.args[2], types.int64), int32),",

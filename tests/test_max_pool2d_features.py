@@ -71,6 +71,18 @@ def test_max_pool2d_feature_matches_torch(backend, dtype, feature, index, error_
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("feature", ["ties", "nan and inf"])
+def test_2x2_windows_at_stride_2_match_torch(backend, dtype, feature, error_report):
+    """The next chapter's pool (a kernel of its own on numba), on odd sizes and on a batch that threads."""
+    case = dict(n=13, c=3, h=9, w=11, kernel_size=2, stride=None, padding=(0, 0), dilation=(1, 1), ceil_mode=False,
+                unbatched=False)
+    x = pool_input(feature, case, 7, dtype)
+    pool = nn.MaxPool2d(2, return_indices=True).to(backend.name).to(dtype)
+    check_module_against_torch(pool, lambda x_t: F.max_pool2d(x_t, 2, return_indices=True), x, backend, dtype,
+                               error_report, f"max_pool2d 2x2 {feature}", config=str(case))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_max_pool2d_without_indices_returns_the_output_only(backend, dtype, error_report):
     case = pool_case("combined", 0)
     x = pool_input("combined", case, 0, dtype)

@@ -26,6 +26,8 @@ def _modules():
         "conv stride 2 padding 1": nn.Conv2d(3, 5, 3, stride=2, padding=1, seed=1),
         "conv padding 2": nn.Conv2d(3, 4, 5, padding=2, seed=2),
         "max-pool 3 stride 2": nn.MaxPool2d(3, 2),
+        "max-pool 2": nn.MaxPool2d(2),
+        "batch norm": nn.BatchNorm2d(3),
         "linear": nn.Linear(3 * 32 * 32, 7, seed=3),
         "gelu": nn.GELU(),
         "gelu tanh": nn.GELU("tanh"),

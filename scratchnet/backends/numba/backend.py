@@ -135,7 +135,9 @@ class NumbaBackend(NumpyBackend):
         indices = np.empty(shape, dtype=np.int64)
         x = np.ascontiguousarray(x)
         plain = plain_pool(kernel, stride, padding, dilation, ceil_mode)
-        if plain is not None:
+        if plain == (2, 2):
+            pooling.max_pool2d_forward_2x2.run(threaded(n), x, y, indices)
+        elif plain is not None:
             pooling.max_pool2d_forward.run(threaded(n), x, *plain, y, indices)
         else:
             general.max_pool2d_forward.run(threaded(n), x, *kernel, *stride, *padding, *dilation, y, indices)
@@ -143,7 +145,8 @@ class NumbaBackend(NumpyBackend):
 
     def max_pool2d_backward(self, grad_y, indices, x_shape, kernel, stride, padding, dilation):
         grad_x = np.empty(x_shape, dtype=grad_y.dtype)
-        pooling.max_pool2d_backward(np.ascontiguousarray(grad_y), np.ascontiguousarray(indices), grad_x)
+        pooling.max_pool2d_backward.run(threaded(x_shape[0]), np.ascontiguousarray(grad_y),
+                                        np.ascontiguousarray(indices), grad_x)
         return grad_x
 
     # ---- element-wise and dense ----------------------------------------------------
@@ -294,23 +297,24 @@ class NumbaBackend(NumpyBackend):
         if use_batch_stats:
             mean, invstd = np.empty(c, x.dtype), np.empty(c, x.dtype)
             update = running_mean is not None
-            norm.batch_norm_stats(rows, mean, invstd, running_mean if update else mean,
-                                  running_var if update else invstd, eps, momentum, update)
+            norm.batch_norm_stats.run(threaded(n), rows, mean, invstd, running_mean if update else mean,
+                                      running_var if update else invstd, eps, momentum, update)
         else:
             mean, invstd = running_mean, 1 / np.sqrt(running_var + x.dtype.type(eps))
         y = np.empty_like(rows)
-        norm.batch_norm_transform(rows, y, mean, invstd, mean if weight is None else weight,
-                                  mean if bias is None else bias, weight is not None, bias is not None)
+        norm.batch_norm_transform.run(threaded(n), rows, y, mean, invstd, mean if weight is None else weight,
+                                      mean if bias is None else bias, weight is not None, bias is not None)
         return y.reshape(x.shape), (rows, mean, invstd, use_batch_stats)
 
     def batch_norm_backward(self, grad_y, saved, weight, grad_weight, grad_bias, need_input_grad=True):
         rows, mean, invstd, use_batch_stats = saved
         grads = np.ascontiguousarray(grad_y).reshape(rows.shape)
         grad_x = np.empty_like(rows)
-        norm.batch_norm_backward(rows, grads, mean, invstd, mean if weight is None else weight, weight is not None,
-                                 mean if grad_weight is None else grad_weight, mean if grad_bias is None else grad_bias,
-                                 grad_weight is not None, grad_bias is not None, grad_x, need_input_grad,
-                                 use_batch_stats)
+        norm.batch_norm_backward.run(threaded(rows.shape[0]), rows, grads, mean, invstd,
+                                     mean if weight is None else weight, weight is not None,
+                                     mean if grad_weight is None else grad_weight,
+                                     mean if grad_bias is None else grad_bias, grad_weight is not None,
+                                     grad_bias is not None, grad_x, need_input_grad, use_batch_stats)
         return grad_x.reshape(grad_y.shape) if need_input_grad else None
 
     def adam_step(self, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, weight_decay, decay, beta1, beta2, eps,
@@ -335,8 +339,10 @@ class NumbaBackend(NumpyBackend):
 def _keep_freed_memory():
     """Have glibc's malloc keep freed memory for the next allocation instead of handing it back to the system:
     a training step frees and allocates the same large arrays every step, and memory fresh from the system
-    costs a page fault per 4 KiB on first touch (a sixth of the next chapter's step at batch 128, measured).
-    Blocks from 32 MiB up (glibc's limit) are still mapped afresh. Elsewhere than glibc, nothing changes."""
+    costs a page fault per 4 KiB on first touch (a sixth of the next chapter's step at batch 128, measured), or a
+    wait while the kernel gathers a huge page. Large blocks come from the heap too (glibc maps blocks from 32 MiB
+    up afresh otherwise: the next chapter's first GELU backward at batch 128, 32 MiB arrays, took 5 to 42 ms
+    where it takes 2 to 5 from kept memory). Elsewhere than glibc, nothing changes."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
@@ -344,10 +350,10 @@ def _keep_freed_memory():
         return
     mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # shrink the heap only past 1 GiB free at its top
     mallopt(_M_TOP_PAD, 256 << 20)  # grow it by 256 MiB at a time
-    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # blocks below 32 MiB from the heap, whose freed memory is kept
+    mallopt(_M_MMAP_MAX, 0)  # every block from the heap, whose freed memory is kept
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's mallopt parameters
 
 # What the tutorial's loss keeps for its backward.
 _MeanLoss = collections.namedtuple("_MeanLoss", "probs labels")

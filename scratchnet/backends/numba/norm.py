@@ -1,25 +1,31 @@
 """Batch norm over every axis but the channels of (N, C, spatial) arrays: per-channel statistics, torch's
-transform and backward (see ``NumpyBackend.batch_norm_forward``)."""
+transform and backward (see ``NumpyBackend.batch_norm_forward``). Each channel is one item of a ``prange``,
+its sums in one fixed order (vectorized by the ``reassoc`` flag), so results never depend on the thread
+count."""
 
 import numpy as np
-from numba import njit
+from numba import prange
+
+from scratchnet.backends.numba.jit import Twin
 
 
-@njit(cache=True)
+@Twin
 def batch_norm_stats(x, mean, invstd, running_mean, running_var, eps, momentum, update):
     n, c, spatial = x.shape
     real = x.dtype.type
     count = n * spatial
-    for ch in range(c):
+    for ch in prange(c):
         total = real(0)
         for i in range(n):
+            row = x[i, ch]
             for s in range(spatial):
-                total += x[i, ch, s]
+                total += row[s]
         m = total / real(count)
         squares = real(0)
         for i in range(n):
+            row = x[i, ch]
             for s in range(spatial):
-                squares += (x[i, ch, s] - m) * (x[i, ch, s] - m)
+                squares += (row[s] - m) * (row[s] - m)
         mean[ch] = m
         invstd[ch] = real(1) / np.sqrt(squares / real(count) + real(eps))
         if update:
@@ -27,29 +33,32 @@ def batch_norm_stats(x, mean, invstd, running_mean, running_var, eps, momentum, 
             running_var[ch] = running_var[ch] * real(1 - momentum) + real(momentum) * (squares / real(count - 1))
 
 
-@njit(cache=True)
+@Twin
 def batch_norm_transform(x, y, mean, invstd, weight, bias, has_weight, has_bias):
     n, c, spatial = x.shape
-    for ch in range(c):
+    for ch in prange(c):
         alpha = invstd[ch] * weight[ch] if has_weight else invstd[ch]
         beta = bias[ch] - mean[ch] * alpha if has_bias else -mean[ch] * alpha
         for i in range(n):
+            row, out = x[i, ch], y[i, ch]
             for s in range(spatial):
-                y[i, ch, s] = x[i, ch, s] * alpha + beta
+                out[s] = row[s] * alpha + beta
 
 
-@njit(cache=True)
+@Twin
 def batch_norm_backward(x, grad_y, mean, invstd, weight, has_weight, grad_weight, grad_bias, has_grad_weight,
                         has_grad_bias, grad_x, need_input_grad, batch_stats):
     n, c, spatial = x.shape
     real = x.dtype.type
     count = real(n * spatial)
-    for ch in range(c):
+    for ch in prange(c):
+        m = mean[ch]
         grad_sum, dot = real(0), real(0)
         for i in range(n):
+            row, grads = x[i, ch], grad_y[i, ch]
             for s in range(spatial):
-                grad_sum += grad_y[i, ch, s]
-                dot += (x[i, ch, s] - mean[ch]) * grad_y[i, ch, s]
+                grad_sum += grads[s]
+                dot += (row[s] - m) * grads[s]
         if has_grad_weight:
             grad_weight[ch] += dot * invstd[ch]
         if has_grad_bias:
@@ -58,10 +67,12 @@ def batch_norm_backward(x, grad_y, mean, invstd, weight, has_weight, grad_weight
             continue
         scale = invstd[ch] * weight[ch] if has_weight else invstd[ch]
         factor = dot * invstd[ch] * invstd[ch] / count
+        shift = grad_sum / count
         for i in range(n):
-            for s in range(spatial):
-                if batch_stats:
-                    projection = (x[i, ch, s] - mean[ch]) * factor
-                    grad_x[i, ch, s] = (grad_y[i, ch, s] - grad_sum / count - projection) * scale
-                else:
-                    grad_x[i, ch, s] = grad_y[i, ch, s] * scale
+            row, grads, out = x[i, ch], grad_y[i, ch], grad_x[i, ch]
+            if batch_stats:
+                for s in range(spatial):
+                    out[s] = (grads[s] - shift - (row[s] - m) * factor) * scale
+            else:
+                for s in range(spatial):
+                    out[s] = grads[s] * scale

@@ -126,17 +126,45 @@ def max_pool2d_forward(x, kernel, stride, y, indices):
                 indices[b, ci, oh, ow] = best_h * w + best_w
 
 
-@kernel()
+@njit(cache=True, inline="always")
+def first_max_or_nan_step(best, best_at, value, at):
+    """One step of a window scan as torch's max-pool takes it: the first maximum wins, and the last NaN."""
+    better = (value > best) | (value != value)
+    return (value if better else best), (at if better else best_at)
+
+
+@Twin
+def max_pool2d_forward_2x2(x, y, indices):
+    """``max_pool2d_forward`` for 2x2 windows at stride 2, as selects over whole output rows: it vectorizes."""
+    n, c, h, w = x.shape
+    _, _, out_h, out_w = y.shape
+    for plane in prange(n * c):
+        b, ci = plane // c, plane % c
+        for oh in range(out_h):
+            upper, lower = x[b, ci, 2 * oh], x[b, ci, 2 * oh + 1]
+            y_row, indices_row = y[b, ci, oh], indices[b, ci, oh]
+            top = 2 * oh * w
+            for ow in range(out_w):
+                best, at = upper[2 * ow], top + 2 * ow
+                best, at = first_max_or_nan_step(best, at, upper[2 * ow + 1], top + 2 * ow + 1)
+                best, at = first_max_or_nan_step(best, at, lower[2 * ow], top + w + 2 * ow)
+                best, at = first_max_or_nan_step(best, at, lower[2 * ow + 1], top + w + 2 * ow + 1)
+                y_row[ow] = best
+                indices_row[ow] = at
+
+
+@Twin
 def max_pool2d_backward(grad_y, indices, grad_x):
+    """Zero, then each window's gradient into its argmax; planes split over the threads (each owns its plane)."""
     n, c, out_h, out_w = grad_y.shape
-    w = grad_x.shape[3]
-    grad_x[:] = 0
-    for b in range(n):
-        for ci in range(c):
-            for oh in range(out_h):
-                for ow in range(out_w):
-                    k = indices[b, ci, oh, ow]
-                    grad_x[b, ci, k // w, k % w] += grad_y[b, ci, oh, ow]
+    for plane in prange(n * c):
+        b, ci = plane // c, plane % c
+        dst = grad_x[b, ci].ravel()
+        fill(dst, 0)
+        for oh in range(out_h):
+            grad, at = grad_y[b, ci, oh], indices[b, ci, oh]
+            for ow in range(out_w):
+                dst[at[ow]] += grad[ow]
 
 
 # ---- average and adaptive pooling: gathers over (planes, H, W), as the CUDA kernels --------------------
