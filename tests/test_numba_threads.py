@@ -28,6 +28,8 @@ def _modules():
         "max-pool 3 stride 2": nn.MaxPool2d(3, 2),
         "max-pool 2": nn.MaxPool2d(2),
         "batch norm": nn.BatchNorm2d(3),
+        "adaptive average pool": nn.AdaptiveAvgPool2d((3, 5)),
+        "adaptive max pool": nn.AdaptiveMaxPool2d(3),
         "linear": nn.Linear(3 * 32 * 32, 7, seed=3),
         "gelu": nn.GELU(),
         "gelu tanh": nn.GELU("tanh"),

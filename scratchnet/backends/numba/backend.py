@@ -277,8 +277,9 @@ class NumbaBackend(NumpyBackend):
         n, c, h, w = x.shape
         y = np.empty((n, c) + tuple(output_hw), dtype=x.dtype)
         indices = np.empty(y.shape, dtype=np.int64)
-        pooling.adaptive_pool2d_forward(np.ascontiguousarray(x).reshape(n * c, h, w), y.reshape(n * c, *output_hw),
-                                        indices.reshape(n * c, *output_hw), mode == "max")
+        pooling.adaptive_pool2d_forward.run(threaded(n), np.ascontiguousarray(x).reshape(n * c, h, w),
+                                            y.reshape(n * c, *output_hw), indices.reshape(n * c, *output_hw),
+                                            mode == "max")
         return y, indices if mode == "max" else None
 
     def adaptive_pool2d_backward(self, grad_y, x_shape, mode, indices):
@@ -287,8 +288,8 @@ class NumbaBackend(NumpyBackend):
         grad_x = np.empty(x_shape, dtype=grad_y.dtype)
         indices = np.zeros((1, 1, 1), dtype=np.int64) if indices is None else \
             np.ascontiguousarray(indices).reshape(n * c, *out_hw)
-        pooling.adaptive_pool2d_backward(np.ascontiguousarray(grad_y).reshape(n * c, *out_hw), indices,
-                                         grad_x.reshape(n * c, h, w), mode == "max")
+        pooling.adaptive_pool2d_backward.run(threaded(n), np.ascontiguousarray(grad_y).reshape(n * c, *out_hw),
+                                             indices, grad_x.reshape(n * c, h, w), mode == "max")
         return grad_x
 
     def batch_norm_forward(self, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):

@@ -237,11 +237,11 @@ def _adaptive(index, size, out):
     return index * size // out, -(-(index + 1) * size // out)
 
 
-@njit(cache=True)
+@Twin
 def adaptive_pool2d_forward(x, y, indices, take_max):
     planes, h, w = x.shape
     out_h, out_w = y.shape[1], y.shape[2]
-    for p in range(planes):
+    for p in prange(planes):
         for row in range(out_h):
             top, bottom = _adaptive(row, h, out_h)
             for col in range(out_w):
@@ -259,11 +259,11 @@ def adaptive_pool2d_forward(x, y, indices, take_max):
                         (bottom - top) * (right - left))
 
 
-@njit(cache=True)
+@Twin
 def adaptive_pool2d_backward(grad_y, indices, grad_x, take_max):
     planes, h, w = grad_x.shape
     out_h, out_w = grad_y.shape[1], grad_y.shape[2]
-    for p in range(planes):
+    for p in prange(planes):
         for iy in range(h):
             for ix in range(w):
                 total = grad_x.dtype.type(0)
