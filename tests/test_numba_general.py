@@ -80,7 +80,7 @@ def test_general_max_pool2d_kernels_match_torch(dtype, feature, index, error_rep
     y, indices = np.empty(tuple(y_t.shape), dtype=dtype), np.empty(tuple(y_t.shape), dtype=np.int64)
     numba_general.max_pool2d_forward.parallel(x, *args.kernel, *args.stride, *args.padding, *args.dilation, y, indices)
     grad_x = np.empty_like(x)
-    pooling.max_pool2d_backward(grad_y, indices, grad_x)
+    pooling.max_pool2d_backward.parallel(grad_y, indices, grad_x)
     np.testing.assert_array_equal(indices, indices_t.numpy(), err_msg=str(case))
     _check(error_report, f"max_pool2d {feature}", dtype,
            [("forward", y, y_t.detach().numpy()), ("grad input", grad_x, x_t.grad.numpy())], str(case))

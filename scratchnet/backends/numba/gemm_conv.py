@@ -30,7 +30,7 @@ from scratchnet.backends.numba import blas
 from scratchnet.backends.numba.blas import NO_TRANS, TRANS, gemm
 from scratchnet.backends.numba.jit import add, copy, fill, kernel
 
-# Where each route wins (``benchmarks/conv_routes.py`` times both on the tutorial's layers at widths 1 to 16 and
+# Where each route wins (``benchmarks/conv_routes.py`` times them on the tutorial's layers at widths 1 to 16 and
 # the next chapter's, batches 4 to 128; ``benchmarks/results/conv_routes.json``): the shifted-plane kernels run
 # taps in fives, so a kernel of 25 taps keeps them busy until the product's sum (input channels x taps) is long
 # and its output tall; with taps left over (3x3), the product wins from far smaller layers.
@@ -51,6 +51,11 @@ def wins(x_shape, weight_shape):
 # The groups' weight gradients are summed in this many parts, each in group order, then the parts in order:
 # a fixed split, so the threads that take the parts never change a result.
 PARTS = 4
+
+# A tap row's sum (input channels x kernel width) from which its views of the planes feed the products directly
+# (``benchmarks/conv_routes.py``: over copies faster at 15, a first layer's 3 channels x 5; over views at 30):
+# shorter sums run BLAS below speed, and one product over copies of every tap row wins.
+VIEWS_FROM = 24
 
 
 def available(dtype):
@@ -79,12 +84,6 @@ def planes_from_cols(grad_cols, kh, span, grad_planes):
         fill(dst, 0)
         for i in range(kh):
             add(dst[i * span:i * span + total], grad_cols[i * rows + r])
-
-
-# A tap row's sum (input channels x kernel width) from which its views of the planes feed the products directly
-# (``benchmarks/conv_routes.py``: over copies faster at 15, a first layer's 3 channels x 5; over views at 30):
-# shorter sums run BLAS below speed, and one product over copies of every tap row wins.
-VIEWS_FROM = 24
 
 
 @kernel(parallel=True)

@@ -18,11 +18,10 @@ from numba import njit
 FLAGS = {"contract", "reassoc"}
 
 
-def kernel(parallel=False, nogil=False):
+def kernel(parallel=False):
     # numpy's error model: a float division by zero gives inf or NaN, as in torch, instead of a check for
-    # Python's ZeroDivisionError that keeps the loop around it from vectorizing. ``nogil``: for kernels that
-    # Python threads run side by side.
-    return njit(cache=True, fastmath=FLAGS, parallel=parallel, error_model="numpy", nogil=nogil)
+    # Python's ZeroDivisionError that keeps the loop around it from vectorizing.
+    return njit(cache=True, fastmath=FLAGS, parallel=parallel, error_model="numpy")
 
 
 class Twin:
