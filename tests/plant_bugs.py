@@ -1,5 +1,6 @@
 """Plants realistic bugs in the CUDA sources, the cupy backend's glue and the numba backend's matrix-product
-convolutions, BLAS calls and next-chapter kernels, one at a time, and checks that the test suite (the cupy cases on the emulated device) catches each.
+convolutions, BLAS calls and next-chapter kernels, one at a time, and checks that the test suite (the cupy
+cases on the emulated device, or the selection a bug names) catches each.
 
     python tests/plant_bugs.py [NAME ...]
 
