@@ -7,6 +7,7 @@ a contender's process loads only what its maker imports (a numba contender never
 runtime numba would then share).
 """
 
+import argparse
 import contextlib
 import importlib
 import importlib.metadata
@@ -24,6 +25,39 @@ from scratchnet import report
 
 # The environment of a 1-thread contender's process: one thread for BLAS and OpenMP too, read as they load.
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def sampling_arguments(parser, seconds):
+    """The contender benchmarks' common options: --repeats (at least 5, medians taken), --seconds, --json."""
+    parser.add_argument("--repeats", type=_at_least_five, default=5, help="alternating repeats per contender "
+                        "(median taken; at least 5)")
+    parser.add_argument("--seconds", type=float, default=seconds, help="timed seconds per contender per repeat")
+    parser.add_argument("--json", metavar="PATH", help="write the results here")
+
+
+def _at_least_five(text):
+    value = int(text)
+    if value < 5:
+        raise argparse.ArgumentTypeError("must be at least 5")
+    return value
+
+
+def torch_sgd_step(model, images, labels, lr, momentum, threads):
+    """PyTorch's training step on ``threads`` threads: zero_grad, cross-entropy, backward, SGD with momentum, on
+    numpy ``images`` and ``labels``. torch is imported here, in the contender's process only."""
+    import torch
+
+    torch.set_num_threads(threads)
+    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad()
+        criterion(model(images), labels).backward()
+        optimizer.step()
+
+    return step
 
 
 def images_per_second(step, batch_size, seconds):

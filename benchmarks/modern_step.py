@@ -15,7 +15,7 @@ import statistics
 import numba
 import numpy as np
 
-from benchmarks.contenders import ONE_THREAD, machine, sample_contenders
+from benchmarks.contenders import ONE_THREAD, machine, sample_contenders, sampling_arguments, torch_sgd_step
 from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.step import compile_step
@@ -40,18 +40,7 @@ def _layers(module):
 def torch_step(batch_size, threads):
     import torch  # here: a numba contender's process never loads torch (see ``benchmarks.contenders``)
 
-    torch.set_num_threads(threads)
-    images, labels = (torch.from_numpy(a) for a in _batch(batch_size))
-    model = torch.nn.Sequential(*_layers(torch.nn))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def step():
-        optimizer.zero_grad()
-        criterion(model(images), labels).backward()
-        optimizer.step()
-
-    return step
+    return torch_sgd_step(torch.nn.Sequential(*_layers(torch.nn)), *_batch(batch_size), 0.01, 0.9, threads)
 
 
 def scratchnet_step(batch_size, threads):
@@ -107,9 +96,7 @@ def profile(batch_size, steps=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per contender per repeat")
-    parser.add_argument("--json", help="write the results here")
+    sampling_arguments(parser, seconds=3.0)
     parser.add_argument("--profile", action="store_true", help="also time each layer of the numba step")
     args = parser.parse_args(argv)
     results = {"machine": machine(), "network": f"conv-BN-GELU-pool x {WIDTHS}, adaptive pool, dropout, linear",

@@ -28,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from benchmarks.contenders import machine, matmul_peak, sample_contenders
+from benchmarks.contenders import machine, matmul_peak, sample_contenders, sampling_arguments, torch_sgd_step
 from reference.tutorial import Net as TorchNet
 from scratchnet import nn, optim
 from scratchnet.files import write_json
@@ -47,20 +47,8 @@ def _batch(batch_size):
 
 def torch_step(batch_size, threads, compiled=False):
     """PyTorch eager, or with the model under ``torch.compile`` (inductor; its backward compiled too)."""
-    torch.set_num_threads(threads)
-    images, labels = _batch(batch_size)
-    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
     net = TorchNet()
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    criterion = torch.nn.CrossEntropyLoss()
-    model = torch.compile(net) if compiled else net
-
-    def step():
-        optimizer.zero_grad()
-        criterion(model(images), labels).backward()
-        optimizer.step()
-
-    return step
+    return torch_sgd_step(torch.compile(net) if compiled else net, *_batch(batch_size), LR, MOMENTUM, threads)
 
 
 def jax_step(batch_size):
@@ -185,12 +173,8 @@ def jit_times():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 32, 128])
-    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per contender (median taken)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per contender per repeat")
-    parser.add_argument("--json", metavar="PATH", help="write the results here")
+    sampling_arguments(parser, seconds=1.0)
     args = parser.parse_args(argv)
-    if args.repeats < 5:
-        parser.error("--repeats must be at least 5")
 
     load_before = os.getloadavg()
     results = {"load_average_before": load_before,

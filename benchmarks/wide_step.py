@@ -16,7 +16,8 @@ import statistics
 import numba
 import numpy as np
 
-from benchmarks.contenders import ONE_THREAD, machine, matmul_peak, sample_contenders
+from benchmarks.contenders import (ONE_THREAD, machine, matmul_peak, sample_contenders, sampling_arguments,
+                                   torch_sgd_step)
 from scratchnet import nn, optim
 from scratchnet.files import write_json
 from scratchnet.models import Net, layout
@@ -47,22 +48,9 @@ def _batch(batch_size, width):
 
 
 def torch_step(batch_size, width, threads):
-    import torch  # here: a numba contender's process never loads torch (see ``benchmarks.contenders``)
+    from reference.tutorial import Net as TorchNet  # here: a numba contender's process never loads torch
 
-    from reference.tutorial import Net as TorchNet
-
-    torch.set_num_threads(threads)
-    images, labels = (torch.from_numpy(a) for a in _batch(batch_size, width))
-    net = TorchNet(width)
-    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def step():
-        optimizer.zero_grad()
-        criterion(net(images), labels).backward()
-        optimizer.step()
-
-    return step
+    return torch_sgd_step(TorchNet(width), *_batch(batch_size, width), LR, MOMENTUM, threads)
 
 
 def scratchnet_step(batch_size, width, threads):
@@ -106,12 +94,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
-    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per contender (median taken)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per contender per repeat")
-    parser.add_argument("--json", metavar="PATH", help="write the results here")
+    sampling_arguments(parser, seconds=2.0)
     args = parser.parse_args(argv)
-    if args.repeats < 5:
-        parser.error("--repeats must be at least 5")
     peaks = {f"{t}thread{'s' * (t > 1)}": matmul_peak(t) for t in (1, 2)}
     print("float32 matmul peak: " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()) + " GFLOP/s")
     results = {"matmul_peak_gflops": peaks, "repeats": args.repeats, "seconds_per_sample": args.seconds, "rows": []}
